@@ -1,0 +1,70 @@
+"""Finish the generated project: prune unselected features, write the local .env.
+
+Runs offline and writes nothing random into tracked files, so rendering the same
+answers twice gives the same tracked tree (``cruft update`` relies on that).
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from pathlib import Path
+
+PROJECT = Path.cwd()
+
+# Whether each optional feature was selected. Later features add a line here
+# and a line in FEATURE_PATHS; no other file needs to know how pruning works.
+SELECTED = {
+    "license": {{ cookiecutter.open_source_license | tojson }} != "Not open source",
+}
+
+# Files and folders (relative to the project root) that exist only for a feature.
+FEATURE_PATHS = {
+    "license": ["LICENSE"],
+}
+
+ENV_FILE = """\
+# Local development settings, written once by the project template.
+# This file is gitignored: keep real secrets here, never in tracked files.
+# Every variable is documented in .env.example.
+APP_ENV=development
+SECRET_KEY={secret_key}
+# DATABASE_URL=postgresql://postgres@127.0.0.1:5432/{package_name}
+"""
+
+
+def prune() -> None:
+    """Delete the files of every feature that was not selected."""
+    for feature, selected in SELECTED.items():
+        if selected:
+            continue
+        for relative in FEATURE_PATHS[feature]:
+            path = PROJECT / relative
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def write_env() -> None:
+    """Write .env with a fresh secret unless one is already there."""
+    env = PROJECT / ".env"
+    if env.exists():
+        return
+    env.write_text(
+        ENV_FILE.format(
+            secret_key=secrets.token_urlsafe(48),
+            package_name={{ cookiecutter.package_name | tojson }},
+        ),
+        encoding="utf-8",
+    )
+    env.chmod(0o600)
+
+
+def main() -> None:
+    prune()
+    write_env()
+
+
+if __name__ == "__main__":
+    main()

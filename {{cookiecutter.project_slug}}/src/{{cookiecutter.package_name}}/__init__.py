@@ -1,0 +1,40 @@
+"""Application factory: the one place where the app is assembled."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask
+
+from .api import api_bp
+from .cli import register_commands
+from .config import load_config
+from .errors import register_error_handlers
+from .extensions import db, migrate
+from .health import add_check, health_bp
+from .health.checks import check_database, check_migrations
+
+
+def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
+    """Create an app for `config_name` (default: $APP_ENV, else development).
+
+    Keyword overrides win over the configuration class; tests use them.
+    """
+    app = Flask(__name__, instance_relative_config=True)
+    config = load_config(config_name)
+    app.config.from_object(config)
+    app.config.update(overrides)
+    config.validate(app.config)
+
+    db.init_app(app)
+    migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIRECTORY"])
+
+    register_error_handlers(app)
+    app.register_blueprint(api_bp)
+    app.register_blueprint(health_bp)
+    register_commands(app)
+
+    add_check(app, "database", check_database)
+    add_check(app, "database", check_database, startup=True)
+    add_check(app, "migrations", check_migrations, startup=True)
+    return app

@@ -1,0 +1,146 @@
+"""One JSON shape for every error: RFC 9457 problem details.
+
+HTTP errors keep their status and headers (Allow, Retry-After, ...); request
+validation failures list every bad field; anything unexpected is logged with its
+traceback and answered with a bare 500 that reveals nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response, current_app, request
+from pydantic import BaseModel, ConfigDict, ValidationError
+from werkzeug.exceptions import HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    """One invalid field of a request."""
+
+    field: str
+    message: str
+    code: str
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem details document."""
+
+    model_config = ConfigDict(title="Problem")
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+
+
+class ValidationProblem(Problem):
+    """A problem document for a request whose fields failed validation."""
+
+    model_config = ConfigDict(title="ValidationProblem")
+
+    errors: list[FieldError]
+
+
+class RequestValidationError(Exception):
+    """The request's body or query string did not match its model."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__(f"{len(errors)} invalid field(s)")
+        self.errors = errors
+
+
+def field_errors(error: ValidationError) -> list[FieldError]:
+    """Flatten pydantic's errors into field path, message and code."""
+    return [
+        FieldError(
+            field=".".join(str(part) for part in detail["loc"]) or "body",
+            message=detail["msg"],
+            code=detail["type"],
+        )
+        for detail in error.errors(include_url=False, include_context=False)
+    ]
+
+
+def problem_response(
+    status: int, detail: str, *, errors: list[FieldError] | None = None
+) -> Response:
+    """Build a problem+json response for `status`."""
+    title = title_of(status)
+    problem: Problem
+    if errors is None:
+        problem = Problem(title=title, status=status, detail=detail)
+    else:
+        problem = ValidationProblem(
+            title=title, status=status, detail=detail, errors=errors
+        )
+    return current_app.response_class(
+        problem.model_dump_json(), status=status, mimetype=PROBLEM_MEDIA_TYPE
+    )
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    """Turn abort(...) and Werkzeug's own errors into problem details."""
+    status = error.code or 500
+    response = problem_response(status, error.description or title_of(status))
+    # Keep the headers the error carries (Allow on 405, Retry-After on 429, ...).
+    for name, value in error.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
+    return response
+
+
+def handle_validation_error(error: RequestValidationError) -> Response:
+    """Answer 422 naming every invalid field."""
+    return problem_response(
+        422, "The request did not match the expected shape.", errors=error.errors
+    )
+
+
+def handle_unexpected_error(error: Exception) -> Response:
+    """Log the traceback server-side; tell the client nothing about it."""
+    current_app.logger.error(
+        "Unhandled exception on %s %s", request.method, request.path, exc_info=error
+    )
+    return problem_response(500, "The server could not complete the request.")
+
+
+def title_of(status: int) -> str:
+    """The reason phrase for an HTTP status."""
+    return HTTP_STATUS_CODES.get(status, "Error")
+
+
+def reject_invalid_request(
+    _request: Any,
+    _response: Any,
+    error: Exception | None,
+    _instance: Any,
+    _model_adapter: Any,
+) -> None:
+    """Spectree hook: raise invalid requests into the problem handler."""
+    if error is None:
+        return
+    if isinstance(error, ValidationError):
+        raise RequestValidationError(field_errors(error))
+    raise error
+
+
+def reject_invalid_response(
+    _request: Any,
+    _response: Any,
+    error: Exception | None,
+    _instance: Any,
+    _model_adapter: Any,
+) -> None:
+    """Spectree hook: a response that breaks its own schema is a server bug."""
+    if error is not None:
+        raise RuntimeError("response did not match its documented schema") from error
+
+
+def register_error_handlers(app: Flask) -> None:
+    """Install the problem-details handlers on `app`."""
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(RequestValidationError, handle_validation_error)
+    app.register_error_handler(Exception, handle_unexpected_error)

@@ -1,0 +1,30 @@
+"""Extension instances, created unbound and bound to an app by create_app()."""
+
+from __future__ import annotations
+
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from spectree import SpecTree
+
+from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
+from .models import Base
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate()
+
+# Validates requests and responses against pydantic models and builds the
+# OpenAPI document from the same models. Only decorated views are documented.
+spec = SpecTree(
+    "flask",
+    mode="strict",
+    annotations=True,
+    title={{ (cookiecutter.project_name ~ " API") | tojson }},
+    description={{ cookiecutter.description | tojson }},
+    version={{ cookiecutter.version | tojson }},
+    before=reject_invalid_request,
+    after=reject_invalid_response,
+    validation_error_status=422,
+    validation_error_model=ValidationProblem,
+    naming_strategy=lambda model: model.__name__,
+    nested_naming_strategy=lambda _parent, child: child,
+)

@@ -1,0 +1,66 @@
+"""Probes for orchestrators: live (the process answers), ready, startup."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from flask import Blueprint, current_app
+from pydantic import BaseModel
+from spectree import Response as Responses
+
+from ..extensions import spec
+from .checks import Check, registry, run_checks
+
+health_bp = Blueprint("health", __name__, url_prefix="/health")
+TAGS = ["health"]
+
+
+class CheckReport(BaseModel):
+    """The outcome of one check."""
+
+    status: Literal["pass", "fail"]
+    duration_ms: float
+    error: str | None = None
+
+
+class HealthReport(BaseModel):
+    """Overall status, with one entry per check."""
+
+    status: Literal["pass", "fail"]
+    checks: dict[str, CheckReport]
+
+
+def report(checks: dict[str, Check]) -> tuple[HealthReport, int]:
+    results = run_checks(checks)
+    reports = {
+        name: CheckReport(
+            status="pass" if result.ok else "fail",
+            duration_ms=result.duration_ms,
+            error=result.error,
+        )
+        for name, result in results.items()
+    }
+    healthy = all(result.ok for result in results.values())
+    status: Literal["pass", "fail"] = "pass" if healthy else "fail"
+    return HealthReport(status=status, checks=reports), 200 if healthy else 503
+
+
+@health_bp.get("/live")
+@spec.validate(resp=Responses(HTTP_200=HealthReport), tags=TAGS)
+def live() -> HealthReport:
+    """The process is up and serving requests; touches no dependency."""
+    return HealthReport(status="pass", checks={})
+
+
+@health_bp.get("/ready")
+@spec.validate(resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport), tags=TAGS)
+def ready() -> tuple[HealthReport, int]:
+    """Every backend the service needs answers (503 naming the ones that do not)."""
+    return report(registry(current_app).ready)
+
+
+@health_bp.get("/startup")
+@spec.validate(resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport), tags=TAGS)
+def startup() -> tuple[HealthReport, int]:
+    """Start-up work is done: the database is reachable and fully migrated."""
+    return report(registry(current_app).startup)

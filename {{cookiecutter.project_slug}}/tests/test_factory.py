@@ -1,0 +1,71 @@
+"""The application factory assembles a fresh, independent app each call."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask
+
+from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.config import ConfigError
+
+
+def test_testing_app(app: Flask) -> None:
+    assert app.testing
+    assert not app.debug
+    assert app.config["SQLALCHEMY_DATABASE_URI"].startswith(("sqlite://", "postgresql"))
+
+
+def test_blueprints_are_registered(app: Flask) -> None:
+    assert {"api", "health"} <= set(app.blueprints)
+    rules = {rule.rule for rule in app.url_map.iter_rules()}
+    assert {
+        "/api/v1/items",
+        "/api/openapi.json",
+        "/api/docs",
+        "/health/live",
+        "/health/ready",
+        "/health/startup",
+    } <= rules
+
+
+def test_overrides_win_over_the_config_class() -> None:
+    app = create_app("testing", MAX_CONTENT_LENGTH=10, CUSTOM_SETTING="x")
+    assert app.config["MAX_CONTENT_LENGTH"] == 10
+    assert app.config["CUSTOM_SETTING"] == "x"
+
+
+def test_each_call_builds_an_independent_app() -> None:
+    first = create_app("testing")
+    second = create_app("testing", MAX_CONTENT_LENGTH=1)
+    assert first is not second
+    assert first.config["MAX_CONTENT_LENGTH"] != second.config["MAX_CONTENT_LENGTH"]
+
+
+def test_config_name_defaults_to_app_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("APP_ENV", "testing")
+    assert create_app().testing
+
+
+def test_without_app_env_the_app_is_for_development(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("APP_ENV", raising=False)
+    monkeypatch.delenv("SECRET_KEY", raising=False)
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    app = create_app()
+    assert app.debug
+    assert app.config["SQLALCHEMY_DATABASE_URI"] == "sqlite:///app.db"
+
+
+def test_unknown_config_name_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"APP_ENV='staging' is not a known"):
+        create_app("staging")
+
+
+def test_environment_is_read_when_the_app_is_created(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAX_CONTENT_LENGTH", "2048")
+    assert create_app("testing").config["MAX_CONTENT_LENGTH"] == 2048
+    monkeypatch.setenv("MAX_CONTENT_LENGTH", "4096")
+    assert create_app("testing").config["MAX_CONTENT_LENGTH"] == 4096

@@ -1,0 +1,75 @@
+"""The OpenAPI document, the offline docs page, and a schemathesis run over both."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import schemathesis
+from flask import Flask
+from flask.testing import FlaskClient
+from flask_migrate import downgrade, upgrade
+from hypothesis import HealthCheck, settings
+
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+
+
+def test_document_is_openapi_3_1(client: FlaskClient) -> None:
+    response = client.get("/api/openapi.json")
+    assert response.status_code == 200
+    document = response.json
+    assert isinstance(document, dict)
+    assert document["openapi"].startswith("3.1")
+    assert {"/api/v1/items", "/api/v1/items/{item_id}", "/health/ready"} <= set(
+        document["paths"]
+    )
+    # Only documented views appear: the docs themselves do not.
+    assert "/api/docs" not in document["paths"]
+
+
+def test_problem_responses_use_the_problem_media_type(client: FlaskClient) -> None:
+    document = client.get("/api/openapi.json").json
+    assert document is not None
+    create = document["paths"]["/api/v1/items"]["post"]["responses"]
+    assert set(create["422"]["content"]) == {PROBLEM_MEDIA_TYPE}
+    assert set(create["415"]["content"]) == {PROBLEM_MEDIA_TYPE}
+    assert set(create["201"]["content"]) == {"application/json"}
+
+
+def test_docs_page_loads_its_assets_from_this_server(client: FlaskClient) -> None:
+    page = client.get("/api/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assert 'data-spec-url="/api/openapi.json"' in html
+    sources = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert sources
+    for source in sources:
+        assert source.startswith("/api/docs/"), f"{source} is not served locally"
+        asset = client.get(source)
+        assert asset.status_code == 200, source
+        assert asset.get_data()
+        asset.close()
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+@pytest.fixture
+def api_schema(empty_app: Flask) -> Iterator[schemathesis.schemas.BaseSchema]:
+    """The app's own document, against a database built by the migrations."""
+    upgrade()
+    yield schemathesis.openapi.from_wsgi("/api/openapi.json", empty_app)
+    downgrade(revision="base")
+
+
+@schema.parametrize()
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+def test_api_honours_its_schema(case: schemathesis.Case[Any]) -> None:
+    # No 5xx, every status and body documented, invalid input rejected.
+    case.call_and_validate()
