@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -15,10 +16,29 @@ from {{ cookiecutter.package_name }}.extensions import db
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
+AppFactory = Callable[..., Flask]
 
-def make_app() -> Flask:
-    """A testing app: in-memory SQLite, or $TEST_DATABASE_URL when set."""
-    return create_app("testing", MIGRATIONS_DIRECTORY=str(MIGRATIONS))
+
+@pytest.fixture
+def make_app() -> Iterator[AppFactory]:
+    """Build apps like create_app(); their connections are closed afterwards.
+
+    Testing apps use in-memory SQLite, or $TEST_DATABASE_URL when it is set.
+    """
+    apps: list[Flask] = []
+
+    def factory(config_name: str | None = "testing", **overrides: Any) -> Flask:
+        overrides.setdefault("MIGRATIONS_DIRECTORY", str(MIGRATIONS))
+        app = create_app(config_name, **overrides)
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        with app.app_context():
+            db.session.remove()
+            for engine in db.engines.values():
+                engine.dispose()
 
 
 def drop_everything() -> None:
@@ -29,7 +49,7 @@ def drop_everything() -> None:
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
+def app(make_app: AppFactory) -> Iterator[Flask]:
     """A testing app whose tables exist and are empty."""
     app = make_app()
     with app.app_context():
@@ -40,7 +60,7 @@ def app() -> Iterator[Flask]:
 
 
 @pytest.fixture
-def empty_app() -> Iterator[Flask]:
+def empty_app(make_app: AppFactory) -> Iterator[Flask]:
     """A testing app whose database has no tables at all (for migrations)."""
     app = make_app()
     with app.app_context():

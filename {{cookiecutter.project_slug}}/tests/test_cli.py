@@ -26,6 +26,7 @@ def test_seed_items_refuses_a_silly_count(runner: FlaskCliRunner) -> None:
 
 def test_show_config_redacts_secrets(app: Flask, runner: FlaskCliRunner) -> None:
     app.config["SQLALCHEMY_DATABASE_URI"] = "postgresql://app:hunter2@db/app"
+    app.config["lowercase_setting"] = "not a Flask setting"
     result = runner.invoke(args=["show-config"])
     assert result.exit_code == 0, result.output
     assert f"SECRET_KEY = {REDACTED}" in result.output
@@ -33,6 +34,7 @@ def test_show_config_redacts_secrets(app: Flask, runner: FlaskCliRunner) -> None
     assert "hunter2" not in result.output
     assert "SQLALCHEMY_DATABASE_URI = 'postgresql://app:***@db/app'" in result.output
     assert "TESTING = True" in result.output
+    assert "lowercase_setting" not in result.output
 
 
 def test_redact_keeps_harmless_values() -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from flask import Flask
 
+import {{ cookiecutter.package_name }} as package
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.config import ConfigError
 
@@ -55,6 +58,29 @@ def test_without_app_env_the_app_is_for_development(
     app = create_app()
     assert app.debug
     assert app.config["SQLALCHEMY_DATABASE_URI"] == "sqlite:///app.db"
+
+
+def test_instance_folder_sits_beside_src(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INSTANCE_PATH", raising=False)
+    app = create_app("testing")
+    project_root = Path(app.root_path).parent.parent
+    assert Path(app.instance_path) == project_root / "instance"
+
+
+def test_instance_folder_can_be_configured(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path / "state"))
+    assert create_app("testing").instance_path == str(tmp_path / "state")
+
+
+def test_installed_package_uses_flasks_instance_folder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("INSTANCE_PATH", raising=False)
+    fake_module = Path("/opt/venv/lib/site-packages/pkg/__init__.py")
+    monkeypatch.setattr(package, "__file__", str(fake_module))
+    assert package.instance_path() is None
 
 
 def test_unknown_config_name_is_refused() -> None:

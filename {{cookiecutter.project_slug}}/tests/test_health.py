@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
 from flask_migrate import downgrade, upgrade
 
-from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.health import add_check
 from {{ cookiecutter.package_name }}.health.checks import HealthCheckError
 
 
-def test_live_answers_without_touching_dependencies(tmp_path: Path) -> None:
+def test_live_answers_without_touching_dependencies(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
     # A database that cannot even be opened does not make the process "dead".
-    app = create_app("testing", SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
+    app = make_app(SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
     response = app.test_client().get("/health/live")
     assert response.status_code == 200
     assert response.json == {"status": "pass", "checks": {}}
@@ -32,8 +35,10 @@ def test_ready_when_the_database_answers(client: FlaskClient) -> None:
     assert database["error"] is None
 
 
-def test_not_ready_when_the_database_is_unreachable(tmp_path: Path) -> None:
-    app = create_app("testing", SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
+def test_not_ready_when_the_database_is_unreachable(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
     response = app.test_client().get("/health/ready")
     assert response.status_code == 503
     assert response.json is not None
@@ -82,11 +87,14 @@ def test_startup_passes_once_migrated(empty_app: Flask) -> None:
         assert response.json is not None
         assert set(response.json["checks"]) == {"database", "migrations"}
     finally:
+        db.session.remove()
         downgrade(revision="base")
 
 
-def test_startup_fails_without_a_migrations_directory(tmp_path: Path) -> None:
-    app = create_app("testing", MIGRATIONS_DIRECTORY=str(tmp_path))
+def test_startup_fails_without_a_migrations_directory(
+    make_app: Callable[..., Flask], tmp_path: Path
+) -> None:
+    app = make_app(MIGRATIONS_DIRECTORY=str(tmp_path))
     response = app.test_client().get("/health/startup")
     assert response.status_code == 503
     assert response.json is not None

@@ -14,6 +14,7 @@ from flask_migrate import downgrade, upgrade
 from hypothesis import HealthCheck, settings
 
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+from {{ cookiecutter.package_name }}.extensions import db
 
 
 def test_document_is_openapi_3_1(client: FlaskClient) -> None:
@@ -27,6 +28,8 @@ def test_document_is_openapi_3_1(client: FlaskClient) -> None:
     )
     # Only documented views appear: the docs themselves do not.
     assert "/api/docs" not in document["paths"]
+    # Built once per app, then served from the cache.
+    assert client.get("/api/openapi.json").json == document
 
 
 def test_problem_responses_use_the_problem_media_type(client: FlaskClient) -> None:
@@ -61,6 +64,8 @@ def api_schema(empty_app: Flask) -> Iterator[schemathesis.schemas.BaseSchema]:
     """The app's own document, against a database built by the migrations."""
     upgrade()
     yield schemathesis.openapi.from_wsgi("/api/openapi.json", empty_app)
+    # The requests shared the fixture's app context: end its transaction first.
+    db.session.remove()
     downgrade(revision="base")
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -20,7 +22,7 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
 
     Keyword overrides win over the configuration class; tests use them.
     """
-    app = Flask(__name__, instance_relative_config=True)
+    app = Flask(__name__, instance_path=instance_path(), instance_relative_config=True)
     config = load_config(config_name)
     app.config.from_object(config)
     app.config.update(overrides)
@@ -38,3 +40,17 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     add_check(app, "database", check_database, startup=True)
     add_check(app, "migrations", check_migrations, startup=True)
     return app
+
+
+def instance_path() -> str | None:
+    """Where the instance folder (development database, local files) lives.
+
+    $INSTANCE_PATH when set; in a source checkout, ``instance/`` beside ``src/``;
+    otherwise Flask's default for installed packages.
+    """
+    if configured := os.environ.get("INSTANCE_PATH"):
+        return str(Path(configured).resolve())
+    package_dir = Path(__file__).resolve().parent
+    if package_dir.parent.name == "src":
+        return str(package_dir.parent.parent / "instance")
+    return None
