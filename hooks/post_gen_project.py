@@ -6,16 +6,19 @@ answers twice gives the same tracked tree (``cruft update`` relies on that).
 
 from __future__ import annotations
 
+import json
 import secrets
 import shutil
 from pathlib import Path
 
+# The only template expression in this file: the answers, as JSON.
+ANSWERS: dict[str, str] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 PROJECT = Path.cwd()
 
 # Whether each optional feature was selected. Later features add a line here
 # and a line in FEATURE_PATHS; no other file needs to know how pruning works.
 SELECTED = {
-    "license": {{ cookiecutter.open_source_license | tojson }} != "Not open source",
+    "license": ANSWERS["open_source_license"] != "Not open source",
 }
 
 # Files and folders (relative to the project root) that exist only for a feature.
@@ -54,7 +57,7 @@ def write_env() -> None:
     env.write_text(
         ENV_FILE.format(
             secret_key=secrets.token_urlsafe(48),
-            package_name={{ cookiecutter.package_name | tojson }},
+            package_name=ANSWERS["package_name"],
         ),
         encoding="utf-8",
     )

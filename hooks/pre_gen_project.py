@@ -6,16 +6,13 @@ non-zero; cookiecutter removes the half-made output directory on that exit.
 
 from __future__ import annotations
 
+import json
 import keyword
 import re
 import sys
 
-ANSWERS = {
-    "project_slug": {{ cookiecutter.project_slug | tojson }},
-    "package_name": {{ cookiecutter.package_name | tojson }},
-    "author_email": {{ cookiecutter.author_email | tojson }},
-    "version": {{ cookiecutter.version | tojson }},
-}
+# The only template expression in this file: the answers, as JSON.
+ANSWERS: dict[str, str] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 
 # Import names the generated project depends on (or that its tooling imports):
 # a package of the same name would shadow them.
@@ -50,6 +47,8 @@ RESERVED_NAMES = frozenset(
     }
 )
 
+MAX_PROJECT_NAME_LENGTH = 64
+MAX_PACKAGE_NAME_LENGTH = 40
 SLUG_RE = re.compile(r"[a-z][a-z0-9-]*")
 EMAIL_RE = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 # The normalised form of PEP 440 public versions (what `packaging` prints).
@@ -71,12 +70,20 @@ def package_name_problem(name: str) -> str | None:
         return "would shadow the standard library module of the same name"
     if name in RESERVED_NAMES:
         return "would shadow a dependency or tool of the generated project"
+    if len(name) > MAX_PACKAGE_NAME_LENGTH:
+        return f"is longer than {MAX_PACKAGE_NAME_LENGTH} characters"
     return None
 
 
 def problems(answers: dict[str, str]) -> list[str]:
     """Every rule the answers break, one line each."""
     found = []
+    project_name = answers["project_name"]
+    if not project_name.strip() or len(project_name) > MAX_PROJECT_NAME_LENGTH:
+        found.append(
+            f"project_name {project_name!r} must be 1 to {MAX_PROJECT_NAME_LENGTH} "
+            "characters long"
+        )
     slug = answers["project_slug"]
     if not SLUG_RE.fullmatch(slug) or slug.endswith("-") or "--" in slug:
         found.append(
@@ -90,7 +97,8 @@ def problems(answers: dict[str, str]) -> list[str]:
     email = answers["author_email"]
     if not EMAIL_RE.fullmatch(email):
         found.append(
-            f"author_email {email!r} must look like name@domain.tld (a domain is required)"
+            f"author_email {email!r} must look like name@domain.tld "
+            "(a domain is required)"
         )
     version = answers["version"]
     if not PEP440_RE.fullmatch(version):

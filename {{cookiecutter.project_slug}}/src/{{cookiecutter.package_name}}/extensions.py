@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import metadata
+
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from spectree import SpecTree
@@ -12,15 +14,18 @@ from .models import Base
 db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 
+# Description and version come from pyproject.toml, their single source.
+DISTRIBUTION = metadata("{{ cookiecutter.project_slug }}")
+
 # Validates requests and responses against pydantic models and builds the
 # OpenAPI document from the same models. Only decorated views are documented.
 spec = SpecTree(
     "flask",
     mode="strict",
     annotations=True,
-    title={{ (cookiecutter.project_name ~ " API") | tojson }},
-    description={{ cookiecutter.description | tojson }},
-    version={{ cookiecutter.version | tojson }},
+    title={{ (cookiecutter.project_name ~ " API") | python_string }},
+    description=DISTRIBUTION["Summary"],
+    version=DISTRIBUTION["Version"],
     before=reject_invalid_request,
     after=reject_invalid_response,
     validation_error_status=422,

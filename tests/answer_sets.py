@@ -1,0 +1,110 @@
+"""Named answer sets: every supported combination the template's tests bake.
+
+A feature that adds an option adds the answer sets that exercise it here, with
+the files it expects present or removed; every test then runs on every set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Files every bake has, relative to the project root ({package} is replaced).
+CORE_FILES = (
+    ".env",
+    ".env.example",
+    ".flaskenv",
+    ".gitignore",
+    ".pre-commit-config.yaml",
+    "Makefile",
+    "README.md",
+    "pyproject.toml",
+    "wsgi.py",
+    "migrations/alembic.ini",
+    "migrations/env.py",
+    "migrations/script.py.mako",
+    "src/{package}/__init__.py",
+    "src/{package}/py.typed",
+    "src/{package}/config.py",
+    "src/{package}/extensions.py",
+    "src/{package}/errors.py",
+    "src/{package}/cli.py",
+    "src/{package}/models/__init__.py",
+    "src/{package}/models/item.py",
+    "src/{package}/api/__init__.py",
+    "src/{package}/api/items.py",
+    "src/{package}/api/schemas.py",
+    "src/{package}/api/docs.py",
+    "src/{package}/health/__init__.py",
+    "src/{package}/health/routes.py",
+    "tests/conftest.py",
+    "tests/test_factory.py",
+    "tests/test_config.py",
+    "tests/test_errors.py",
+    "tests/test_items.py",
+    "tests/test_health.py",
+    "tests/test_cli.py",
+    "tests/test_migrations.py",
+    "tests/test_openapi.py",
+)
+
+
+@dataclass(frozen=True)
+class AnswerSet:
+    """Answers for one bake and what the generated tree must then contain."""
+
+    name: str
+    answers: dict[str, str]
+    present: tuple[str, ...] = ()
+    absent: tuple[str, ...] = ()
+    # Values the rendered project must contain somewhere (proves the answer landed).
+    mentions: dict[str, str] = field(default_factory=dict)
+
+
+ANSWER_SETS = {
+    answer_set.name: answer_set
+    for answer_set in (
+        AnswerSet(
+            name="default",
+            answers={},
+            present=("LICENSE",),
+            mentions={"LICENSE": "MIT License", "pyproject.toml": 'license = "MIT"'},
+        ),
+        AnswerSet(
+            name="apache-py311",
+            answers={
+                "project_name": "Inventory API",
+                "open_source_license": "Apache-2.0",
+                "python_version": "3.11",
+                "version": "1.0.0rc1",
+            },
+            present=("LICENSE",),
+            mentions={
+                "LICENSE": "Apache License",
+                "pyproject.toml": 'version = "1.0.0rc1"',
+            },
+        ),
+        AnswerSet(
+            name="bsd-py313",
+            answers={
+                "project_name": "Ledger Service",
+                "open_source_license": "BSD-3-Clause",
+                "python_version": "3.13",
+            },
+            present=("LICENSE",),
+            mentions={"LICENSE": "BSD 3-Clause License"},
+        ),
+        AnswerSet(
+            # Quotes, non-ASCII and the longest package name the hook allows.
+            name="closed-py314-long-name",
+            answers={
+                "project_name": 'Zoë\'s "Quoted" Inventory & Stock-Keeping Svc',
+                "description": 'Tracks "stock" for Zoë & co.',
+                "author_name": "Zoë O'Brien",
+                "open_source_license": "Not open source",
+                "python_version": "3.14",
+            },
+            absent=("LICENSE",),
+            mentions={"pyproject.toml": "Private :: Do Not Upload"},
+        ),
+    )
+}

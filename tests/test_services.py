@@ -1,0 +1,165 @@
+"""Services tier: a generated project against real PostgreSQL and a real server.
+
+Needs the machine's PostgreSQL on 127.0.0.1:5432 (trust auth, database `test`).
+Every server started here binds to 127.0.0.1, is bounded in time, and is stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from test_bake import readme_commands
+
+from bakery import Bake, only, project_env
+
+pytestmark = pytest.mark.services
+
+POSTGRES = os.environ.get("KILN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+SERVER_START_TIMEOUT = 90.0
+REQUEST_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    name = f"kiln_{secrets.token_hex(6)}"
+    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{POSTGRES}/{name}"
+    finally:
+        with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def request(
+    method: str, url: str, body: dict[str, Any] | None = None
+) -> tuple[int, dict[str, str], Any]:
+    data = None if body is None else json.dumps(body).encode()
+    headers = {} if body is None else {"Content-Type": "application/json"}
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as response:
+            raw = response.read()
+            return response.status, dict(response.headers), json.loads(raw or "null")
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), json.loads(error.read() or "null")
+
+
+@only("default")
+def test_migrations_and_test_suite_on_postgresql(bake: Bake, database: str) -> None:
+    bake.run(["uv", "run", "flask", "db", "upgrade"], env={"DATABASE_URL": database})
+    with psycopg.connect(database) as connection:
+        tables = {
+            row[0]
+            for row in connection.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+        version = connection.execute(
+            "SELECT version_num FROM alembic_version"
+        ).fetchone()
+    assert {"items", "alembic_version"} <= tables
+    assert version is not None
+
+    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
+        suite_db = f"{database}_suite".rsplit("/", 1)[1]
+        connection.execute(f'CREATE DATABASE "{suite_db}"')
+    try:
+        _, test_command = readme_commands(bake)
+        result = bake.run(
+            f"{test_command} -p no:cacheprovider",
+            env={"TEST_DATABASE_URL": f"{POSTGRES}/{suite_db}"},
+        )
+        assert " passed" in result.stdout
+        assert (
+            "postgresql"
+            in bake.run(
+                [
+                    "uv",
+                    "run",
+                    "python",
+                    "-c",
+                    f"from {bake.package} import create_app;"
+                    "print(create_app('testing').config['SQLALCHEMY_DATABASE_URI'])",
+                ],
+                env={"TEST_DATABASE_URL": f"{POSTGRES}/{suite_db}"},
+            ).stdout
+        )
+    finally:
+        with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{suite_db}" WITH (FORCE)')
+
+
+@only("default")
+def test_readme_dev_server_serves_the_api(bake: Bake) -> None:
+    dev_command, _ = readme_commands(bake)
+    bake.run(["uv", "sync", "--quiet"])
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(
+        dev_command,
+        shell=True,
+        cwd=bake.path,
+        env=project_env({"FLASK_RUN_PORT": str(port), "FLASK_RUN_HOST": "127.0.0.1"}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                status, _, body = request("GET", f"{base}/health/live")
+                break
+            except (ConnectionError, urllib.error.URLError):
+                assert server.poll() is None, "the dev server exited early"
+                assert time.monotonic() < deadline, "the dev server did not start"
+                time.sleep(0.25)
+        assert (status, body) == (200, {"status": "pass", "checks": {}})
+
+        status, headers, item = request(
+            "POST", f"{base}/api/v1/items", {"name": "Widget", "quantity": 3}
+        )
+        assert status == 201
+        assert headers["Location"] == f"/api/v1/items/{item['id']}"
+
+        status, _, page = request("GET", f"{base}/api/v1/items")
+        assert status == 200
+        assert [entry["name"] for entry in page["items"]] == ["Widget"]
+
+        status, _, _ = request("DELETE", f"{base}/api/v1/items/{item['id']}")
+        assert status == 204
+        status, _, problem = request("GET", f"{base}/api/v1/items/{item['id']}")
+        assert status == 404
+        assert problem["status"] == 404
+
+        status, _, ready = request("GET", f"{base}/health/startup")
+        assert (status, ready["status"]) == (200, "pass")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=15)
