@@ -41,6 +41,24 @@ def test_problem_responses_use_the_problem_media_type(client: FlaskClient) -> No
     assert set(create["201"]["content"]) == {"application/json"}
 
 
+def test_operations_document_only_the_errors_they_can_return(
+    client: FlaskClient,
+) -> None:
+    paths = client.get("/api/openapi.json").json["paths"]  # type: ignore[index]
+    item = paths["/api/v1/items/{item_id}"]
+    assert set(item["delete"]["responses"]) == {"204", "404"}
+    assert set(item["get"]["responses"]) == {"200", "404"}
+    assert "422" in item["patch"]["responses"]
+    assert "422" in paths["/api/v1/items"]["get"]["responses"]
+    assert set(paths["/health/ready"]["get"]["responses"]) == {"200", "503"}
+    operation_ids = {
+        operation["operationId"]
+        for operations in paths.values()
+        for operation in operations.values()
+    }
+    assert {"list_items", "create_item", "health_ready"} <= operation_ids
+
+
 def test_docs_page_loads_its_assets_from_this_server(client: FlaskClient) -> None:
     page = client.get("/api/docs")
     assert page.status_code == 200

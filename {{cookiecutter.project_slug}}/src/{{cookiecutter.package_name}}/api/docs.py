@@ -58,19 +58,33 @@ DOCS_INIT = """window.addEventListener("load", function () {
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document, with problem responses under their own media type."""
+    """The OpenAPI document spectree builds, adjusted to what the API really does.
+
+    Problem responses are declared as application/problem+json, and the 422 that
+    spectree adds to every operation is kept only where there is input to reject.
+    """
     cache = current_app.extensions.setdefault("openapi_document", {})
     if "document" not in cache:
         document = copy.deepcopy(spec.spec)
         for operations in document["paths"].values():
             for operation in operations.values():
-                for response in operation.get("responses", {}).values():
-                    content = response.get("content", {})
-                    body = content.get("application/json")
-                    if body and body.get("schema", {}).get("$ref") in PROBLEM_SCHEMAS:
-                        content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+                adjust_operation(operation)
         cache["document"] = document
     return cache["document"]  # type: ignore[no-any-return]
+
+
+def adjust_operation(operation: dict[str, Any]) -> None:
+    responses = operation["responses"]
+    takes_input = "requestBody" in operation or any(
+        parameter["in"] == "query" for parameter in operation["parameters"]
+    )
+    if not takes_input:
+        responses.pop("422", None)
+    for response in responses.values():
+        content = response.get("content", {})
+        body = content.get("application/json")
+        if body and body["schema"].get("$ref") in PROBLEM_SCHEMAS:
+            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
 
 
 @docs_bp.get("/openapi.json")

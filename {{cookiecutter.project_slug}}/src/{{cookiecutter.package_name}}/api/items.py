@@ -30,7 +30,7 @@ def get_item_or_404(item_id: int) -> Item:
 
 
 @items_bp.get("")
-@spec.validate(resp=Responses(HTTP_200=ItemPage), tags=TAGS)
+@spec.validate(resp=Responses(HTTP_200=ItemPage), tags=TAGS, operation_id="list_items")
 def list_items(query: PageQuery) -> ItemPage:
     """List items, oldest first, one page at a time."""
     total = db.session.scalar(select(func.count()).select_from(Item)) or 0
@@ -55,6 +55,7 @@ def list_items(query: PageQuery) -> ItemPage:
         HTTP_201=ItemOut, HTTP_400=Problem, HTTP_413=Problem, HTTP_415=Problem
     ),
     tags=TAGS,
+    operation_id="create_item",
 )
 def create_item(json: ItemCreate) -> tuple[ItemOut, int, dict[str, str]]:
     """Create an item."""
@@ -66,7 +67,11 @@ def create_item(json: ItemCreate) -> tuple[ItemOut, int, dict[str, str]]:
 
 
 @items_bp.get(ITEM_URL)
-@spec.validate(resp=Responses(HTTP_200=ItemOut, HTTP_404=Problem), tags=TAGS)
+@spec.validate(
+    resp=Responses(HTTP_200=ItemOut, HTTP_404=Problem),
+    tags=TAGS,
+    operation_id="get_item",
+)
 def get_item(item_id: int) -> ItemOut:
     """Fetch one item."""
     return ItemOut.model_validate(get_item_or_404(item_id))
@@ -82,6 +87,7 @@ def get_item(item_id: int) -> ItemOut:
         HTTP_415=Problem,
     ),
     tags=TAGS,
+    operation_id="update_item",
 )
 def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
     """Change some fields of an item."""
@@ -93,7 +99,11 @@ def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
 
 
 @items_bp.delete(ITEM_URL)
-@spec.validate(resp=Responses(HTTP_204=None, HTTP_404=Problem), tags=TAGS)
+@spec.validate(
+    resp=Responses(HTTP_204=None, HTTP_404=Problem),
+    tags=TAGS,
+    operation_id="delete_item",
+)
 def delete_item(item_id: int) -> tuple[Response, int]:
     """Delete an item."""
     db.session.delete(get_item_or_404(item_id))

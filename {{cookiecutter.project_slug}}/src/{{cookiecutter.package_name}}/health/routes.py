@@ -46,21 +46,31 @@ def report(checks: dict[str, Check]) -> tuple[HealthReport, int]:
 
 
 @health_bp.get("/live")
-@spec.validate(resp=Responses(HTTP_200=HealthReport), tags=TAGS)
+@spec.validate(
+    resp=Responses(HTTP_200=HealthReport), tags=TAGS, operation_id="health_live"
+)
 def live() -> HealthReport:
     """The process is up and serving requests; touches no dependency."""
     return HealthReport(status="pass", checks={})
 
 
 @health_bp.get("/ready")
-@spec.validate(resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport), tags=TAGS)
+@spec.validate(
+    resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport),
+    tags=TAGS,
+    operation_id="health_ready",
+)
 def ready() -> tuple[HealthReport, int]:
     """Every backend the service needs answers (503 naming the ones that do not)."""
     return report(registry(current_app).ready)
 
 
 @health_bp.get("/startup")
-@spec.validate(resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport), tags=TAGS)
+@spec.validate(
+    resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport),
+    tags=TAGS,
+    operation_id="health_startup",
+)
 def startup() -> tuple[HealthReport, int]:
     """Start-up work is done: the database is reachable and fully migrated."""
     return report(registry(current_app).startup)
