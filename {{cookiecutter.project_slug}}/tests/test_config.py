@@ -117,6 +117,22 @@ def test_testing_uses_test_database_url() -> None:
     assert config.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://127.0.0.1/test"
 
 
+def test_postgresql_connections_time_out() -> None:
+    config = settings.TestingConfig(
+        {
+            "TEST_DATABASE_URL": "postgresql://127.0.0.1/test",
+            "DATABASE_CONNECT_TIMEOUT": "2",
+        }
+    )
+    assert config.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] == {"connect_timeout": 2}
+    assert config.SQLALCHEMY_ENGINE_OPTIONS["pool_pre_ping"] is True
+
+
+def test_sqlite_gets_no_driver_specific_options() -> None:
+    config = settings.TestingConfig({})
+    assert config.SQLALCHEMY_ENGINE_OPTIONS == {"pool_pre_ping": True}
+
+
 def test_load_config_reads_app_env() -> None:
     config = load_config(environ={"APP_ENV": "production", **PRODUCTION_ENV})
     assert isinstance(config, settings.ProductionConfig)

@@ -22,7 +22,7 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
 
     Keyword overrides win over the configuration class; tests use them.
     """
-    app = Flask(__name__, instance_path=instance_path(), instance_relative_config=True)
+    app = Flask(__name__, instance_path=instance_path())
     config = load_config(config_name)
     app.config.from_object(config)
     app.config.update(overrides)

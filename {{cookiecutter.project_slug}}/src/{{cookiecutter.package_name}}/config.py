@@ -68,7 +68,11 @@ class Config:
     SECRET_KEY: str | None = None
     # Relative SQLite paths live in the instance folder (Flask-SQLAlchemy 3).
     SQLALCHEMY_DATABASE_URI = "sqlite:///app.db"
-    SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {"pool_pre_ping": True}
+    # Built in __init__, per database (see below).
+    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any]
+    # Seconds to wait for a PostgreSQL connection, so a health check or request
+    # fails fast instead of hanging on an unreachable server.
+    DATABASE_CONNECT_TIMEOUT = 5
     SQLALCHEMY_RECORD_QUERIES = False
     # Request bodies above this many bytes are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
@@ -81,6 +85,15 @@ class Config:
         database_url = self.database_url(environ)
         if database_url:
             self.SQLALCHEMY_DATABASE_URI = normalise_database_url(database_url)
+        self.DATABASE_CONNECT_TIMEOUT = env_int(
+            environ, "DATABASE_CONNECT_TIMEOUT", self.DATABASE_CONNECT_TIMEOUT
+        )
+        # Check pooled connections before use: survives database restarts.
+        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
+        if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
+            self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] = {
+                "connect_timeout": self.DATABASE_CONNECT_TIMEOUT
+            }
         self.MAX_CONTENT_LENGTH = env_int(
             environ, "MAX_CONTENT_LENGTH", self.MAX_CONTENT_LENGTH
         )
