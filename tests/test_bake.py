@@ -18,7 +18,8 @@ LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.")
 def text_files(bake: Bake) -> list[str]:
     files = []
     for path in sorted(bake.path.rglob("*")):
-        if path.is_file() and ".venv" not in path.parts and "cache" not in str(path):
+        skipped = {".venv", ".git", "instance"} & set(path.parts)
+        if path.is_file() and not skipped and "cache" not in str(path):
             try:
                 path.read_text(encoding="utf-8")
             except UnicodeDecodeError:

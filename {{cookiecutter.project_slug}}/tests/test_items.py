@@ -168,6 +168,12 @@ def test_malformed_json_is_a_400(client: FlaskClient) -> None:
     assert body["detail"] == "The request body is not valid JSON."
 
 
+def test_deeply_nested_json_is_a_400(client: FlaskClient) -> None:
+    response = client.post(ITEMS, data="[" * 100_000, content_type="application/json")
+    body = problem(response, 400)
+    assert body["detail"] == "The request body is nested too deeply."
+
+
 def test_empty_body_is_a_400(client: FlaskClient) -> None:
     problem(client.post(ITEMS, data="", content_type="application/json"), 400)
 

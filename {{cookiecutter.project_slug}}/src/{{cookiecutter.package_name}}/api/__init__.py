@@ -29,6 +29,9 @@ def require_json_object() -> None:
         body = request.get_json()
     except BadRequest:
         raise BadRequest("The request body is not valid JSON.") from None
+    except RecursionError:
+        # json.loads gives up on deep nesting ([[[[...) with RecursionError.
+        raise BadRequest("The request body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
 
