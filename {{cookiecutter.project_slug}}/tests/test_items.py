@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 
@@ -245,3 +248,53 @@ def test_whole_floats_are_integers(client: FlaskClient) -> None:
 def test_multiline_descriptions_are_allowed(client: FlaskClient) -> None:
     item = create(client, description="line one\nline two\ttabbed")
     assert item["description"] == "line one\nline two\ttabbed"
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda children: st.lists(children) | st.dictionaries(st.text(), children),
+    max_leaves=20,
+)
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+
+
+@FUZZ
+@given(body=st.binary(max_size=512))
+def test_arbitrary_bytes_never_cause_a_server_error(
+    client: FlaskClient, body: bytes
+) -> None:
+    response = client.post(ITEMS, data=body, content_type="application/json")
+    assert response.status_code in {201, 400, 422}
+    if response.status_code != 201:
+        problem(response, response.status_code)
+
+
+@FUZZ
+@given(payload=JSON_VALUES)
+def test_arbitrary_json_never_causes_a_server_error(
+    client: FlaskClient, payload: Any
+) -> None:
+    response = client.post(
+        ITEMS, data=json.dumps(payload), content_type="application/json"
+    )
+    assert response.status_code in {201, 400, 422}
+    if response.status_code != 201:
+        problem(response, response.status_code)
+
+
+@FUZZ
+@given(item=st.fixed_dictionaries({"name": st.text(), "quantity": st.integers()}))
+def test_arbitrary_items_are_stored_or_rejected_cleanly(
+    client: FlaskClient, item: dict[str, Any]
+) -> None:
+    response = client.post(ITEMS, json=item)
+    if response.status_code == 201:
+        stored = client.get(response.headers["Location"]).json
+        assert stored is not None
+        assert (stored["name"], stored["quantity"]) == (item["name"], item["quantity"])
+    else:
+        assert error_fields(problem(response, 422)) <= {"name", "quantity"}
