@@ -33,7 +33,7 @@ def test_production_starts_with_safe_settings() -> None:
     assert not app.debug
     assert not app.testing
     assert app.config["SQLALCHEMY_DATABASE_URI"] == (
-        "postgresql+psycopg://app:pw@db.internal:5432/app"
+        "postgresql+psycopg://app:pw@db.internal:5432/app?connect_timeout=5"
     )
 
 
@@ -114,23 +114,32 @@ def test_testing_uses_test_database_url() -> None:
     config = settings.TestingConfig(
         {"TEST_DATABASE_URL": "postgresql://127.0.0.1/test"}
     )
-    assert config.SQLALCHEMY_DATABASE_URI == "postgresql+psycopg://127.0.0.1/test"
+    assert config.SQLALCHEMY_DATABASE_URI == (
+        "postgresql+psycopg://127.0.0.1/test?connect_timeout=5"
+    )
 
 
 def test_postgresql_connections_time_out() -> None:
     config = settings.TestingConfig(
         {
-            "TEST_DATABASE_URL": "postgresql://127.0.0.1/test",
+            "TEST_DATABASE_URL": "postgresql://u:p@127.0.0.1/test",
             "DATABASE_CONNECT_TIMEOUT": "2",
         }
     )
-    assert config.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] == {"connect_timeout": 2}
-    assert config.SQLALCHEMY_ENGINE_OPTIONS["pool_pre_ping"] is True
+    assert config.SQLALCHEMY_DATABASE_URI == (
+        "postgresql+psycopg://u:p@127.0.0.1/test?connect_timeout=2"
+    )
 
 
-def test_sqlite_gets_no_driver_specific_options() -> None:
-    config = settings.TestingConfig({})
-    assert config.SQLALCHEMY_ENGINE_OPTIONS == {"pool_pre_ping": True}
+def test_an_explicit_connect_timeout_is_kept() -> None:
+    url = "postgresql+psycopg://127.0.0.1/test?connect_timeout=30"
+    config = settings.TestingConfig({"TEST_DATABASE_URL": url})
+    assert url == config.SQLALCHEMY_DATABASE_URI
+
+
+def test_other_databases_get_no_connect_timeout() -> None:
+    config = settings.TestingConfig({"TEST_DATABASE_URL": "sqlite:///other.db"})
+    assert config.SQLALCHEMY_DATABASE_URI == "sqlite:///other.db"
 
 
 def test_load_config_reads_app_env() -> None:

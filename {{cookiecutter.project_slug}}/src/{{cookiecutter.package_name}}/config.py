@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from flask.helpers import get_debug_flag
+from sqlalchemy.engine import make_url
 
 ENVIRONMENT_VARIABLE = "APP_ENV"
 MIN_SECRET_KEY_LENGTH = 32
@@ -44,6 +45,15 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def with_connect_timeout(url: str, seconds: int) -> str:
+    """Add libpq's connect_timeout to a PostgreSQL URL that does not set one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
+        return url
+    parsed = parsed.update_query_dict({"connect_timeout": str(seconds)})
+    return parsed.render_as_string(hide_password=False)
+
+
 def env_int(environ: Mapping[str, str], name: str, default: int) -> int:
     """Read a positive integer variable, or fail naming it."""
     raw = environ.get(name)
@@ -68,8 +78,8 @@ class Config:
     SECRET_KEY: str | None = None
     # Relative SQLite paths live in the instance folder (Flask-SQLAlchemy 3).
     SQLALCHEMY_DATABASE_URI = "sqlite:///app.db"
-    # Built in __init__, per database (see below).
-    SQLALCHEMY_ENGINE_OPTIONS: dict[str, Any]
+    # Check pooled connections before use: survives database restarts.
+    SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {"pool_pre_ping": True}
     # Seconds to wait for a PostgreSQL connection, so a health check or request
     # fails fast instead of hanging on an unreachable server.
     DATABASE_CONNECT_TIMEOUT = 5
@@ -83,17 +93,13 @@ class Config:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.SECRET_KEY = environ.get("SECRET_KEY") or self.SECRET_KEY
         database_url = self.database_url(environ)
-        if database_url:
-            self.SQLALCHEMY_DATABASE_URI = normalise_database_url(database_url)
         self.DATABASE_CONNECT_TIMEOUT = env_int(
             environ, "DATABASE_CONNECT_TIMEOUT", self.DATABASE_CONNECT_TIMEOUT
         )
-        # Check pooled connections before use: survives database restarts.
-        self.SQLALCHEMY_ENGINE_OPTIONS = {"pool_pre_ping": True}
-        if self.SQLALCHEMY_DATABASE_URI.startswith("postgresql"):
-            self.SQLALCHEMY_ENGINE_OPTIONS["connect_args"] = {
-                "connect_timeout": self.DATABASE_CONNECT_TIMEOUT
-            }
+        if database_url:
+            self.SQLALCHEMY_DATABASE_URI = with_connect_timeout(
+                normalise_database_url(database_url), self.DATABASE_CONNECT_TIMEOUT
+            )
         self.MAX_CONTENT_LENGTH = env_int(
             environ, "MAX_CONTENT_LENGTH", self.MAX_CONTENT_LENGTH
         )
