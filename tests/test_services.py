@@ -20,9 +20,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from test_bake import readme_commands
 
-from bakery import Bake, only, project_env
+from bakery import Bake, only, project_env, readme_commands
 
 pytestmark = pytest.mark.services
 
