@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import filecmp
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -63,6 +64,19 @@ def test_bad_answer_is_rejected_with_one_line(
     assert len(errors) == 1, errors
     assert errors[0].startswith(f"ERROR: {field} {value!r} {rule}")
     assert list(tmp_path.iterdir()) == [], "a rejected answer left files behind"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("python_version", "3.10"), ("open_source_license", "GPL-3.0")],
+)
+def test_choices_outside_the_list_are_rejected(
+    tmp_path: Path, field: str, value: str
+) -> None:
+    expected = f"{re.escape(value)} provided for choice variable {field}"
+    with pytest.raises(ValueError, match=expected):
+        render(tmp_path, {field: value})
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(
