@@ -100,6 +100,15 @@ def test_development_generates_a_secret_key_when_none_is_set() -> None:
     assert first.SECRET_KEY != second.SECRET_KEY
 
 
+def test_testing_needs_no_secret_key_either() -> None:
+    assert len(settings.TestingConfig({}).SECRET_KEY or "") >= 32
+
+
+def test_production_never_makes_up_a_secret_key() -> None:
+    config = settings.ProductionConfig({"DATABASE_URL": "sqlite://"})
+    assert config.SECRET_KEY is None
+
+
 def test_development_uses_the_configured_secret_key() -> None:
     config = settings.DevelopmentConfig({"SECRET_KEY": "from-the-environment"})
     assert config.SECRET_KEY == "from-the-environment"

@@ -76,6 +76,9 @@ class Config:
     DEBUG = False
     TESTING = False
     SECRET_KEY: str | None = None
+    # Whether to make up a per-process SECRET_KEY when none is set. Sessions
+    # signed with it end with the process: fine locally, never in production.
+    EPHEMERAL_SECRET_KEY: ClassVar[bool] = False
     # Relative SQLite paths live in the instance folder (Flask-SQLAlchemy 3).
     SQLALCHEMY_DATABASE_URI = "sqlite:///app.db"
     # Check pooled connections before use: survives database restarts.
@@ -83,15 +86,15 @@ class Config:
     # Seconds to wait for a PostgreSQL connection, so a health check or request
     # fails fast instead of hanging on an unreachable server.
     DATABASE_CONNECT_TIMEOUT = 5
-    SQLALCHEMY_RECORD_QUERIES = False
     # Request bodies above this many bytes are refused with 413.
     MAX_CONTENT_LENGTH = 1024 * 1024
     # Where Flask-Migrate finds alembic.ini, env.py and versions/.
     MIGRATIONS_DIRECTORY = "migrations"
-    API_MAX_PAGE_SIZE = 100
 
     def __init__(self, environ: Mapping[str, str]) -> None:
-        self.SECRET_KEY = environ.get("SECRET_KEY") or self.SECRET_KEY
+        self.SECRET_KEY = environ.get("SECRET_KEY") or None
+        if not self.SECRET_KEY and self.EPHEMERAL_SECRET_KEY:
+            self.SECRET_KEY = secrets.token_urlsafe(48)
         database_url = self.database_url(environ)
         self.DATABASE_CONNECT_TIMEOUT = env_int(
             environ, "DATABASE_CONNECT_TIMEOUT", self.DATABASE_CONNECT_TIMEOUT
@@ -122,12 +125,7 @@ class DevelopmentConfig(Config):
 
     NAME = "development"
     DEBUG = True
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        super().__init__(environ)
-        if not self.SECRET_KEY:
-            # A per-process key: sessions end on restart, which is fine locally.
-            self.SECRET_KEY = secrets.token_urlsafe(48)
+    EPHEMERAL_SECRET_KEY = True
 
 
 class TestingConfig(Config):
@@ -135,7 +133,7 @@ class TestingConfig(Config):
 
     NAME = "testing"
     TESTING = True
-    SECRET_KEY = "testing-only-secret-key-never-used-in-production"  # noqa: S105
+    EPHEMERAL_SECRET_KEY = True
     SQLALCHEMY_DATABASE_URI = "sqlite://"
 
     @staticmethod
