@@ -81,7 +81,7 @@ ANSWER_SETS = {
             mentions={
                 "LICENSE": "Apache License",
                 "pyproject.toml": 'version = "1.0.0rc1"',
-                "README.md": "deployments target Python\n3.11",
+                "README.md": "the deployment target is Python\n3.11.",
             },
         ),
         AnswerSet(
