@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,6 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -109,8 +112,9 @@ def test_migrations_and_test_suite_on_postgresql(bake: Bake, database: str) -> N
             connection.execute(f'DROP DATABASE IF EXISTS "{suite_db}" WITH (FORCE)')
 
 
-@only("default")
-def test_readme_dev_server_serves_the_api(bake: Bake) -> None:
+@pytest.fixture
+def dev_server(bake: Bake) -> Iterator[str]:
+    """The README's development-server command, running on a free local port."""
     dev_command, _ = readme_commands(bake)
     bake.run(["uv", "sync", "--quiet"])
     port = free_port()
@@ -120,45 +124,88 @@ def test_readme_dev_server_serves_the_api(bake: Bake) -> None:
         shell=True,
         cwd=bake.path,
         env=project_env({"FLASK_RUN_PORT": str(port), "FLASK_RUN_HOST": "127.0.0.1"}),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
         while True:
             try:
-                status, _, body = request("GET", f"{base}/health/live")
+                request("GET", f"{base}/health/live")
                 break
             except (ConnectionError, urllib.error.URLError):
                 assert server.poll() is None, "the dev server exited early"
                 assert time.monotonic() < deadline, "the dev server did not start"
                 time.sleep(0.25)
-        assert (status, body) == (200, {"status": "pass", "checks": {}})
-
-        status, headers, item = request(
-            "POST", f"{base}/api/v1/items", {"name": "Widget", "quantity": 3}
-        )
-        assert status == 201
-        assert headers["Location"] == f"/api/v1/items/{item['id']}"
-
-        status, _, page = request("GET", f"{base}/api/v1/items")
-        assert status == 200
-        assert [entry["name"] for entry in page["items"]] == ["Widget"]
-
-        status, _, _ = request("DELETE", f"{base}/api/v1/items/{item['id']}")
-        assert status == 204
-        status, _, problem = request("GET", f"{base}/api/v1/items/{item['id']}")
-        assert status == 404
-        assert problem["status"] == 404
-
-        status, _, ready = request("GET", f"{base}/health/startup")
-        assert (status, ready["status"]) == (200, "pass")
+        yield base
     finally:
+        # The reloader runs the server in a child: stop the whole group.
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=15)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
             server.wait(timeout=15)
+
+
+@only("default")
+def test_readme_dev_server_serves_the_api(dev_server: str) -> None:
+    status, _, body = request("GET", f"{dev_server}/health/live")
+    assert (status, body) == (200, {"status": "pass", "checks": {}})
+
+    status, headers, item = request(
+        "POST", f"{dev_server}/api/v1/items", {"name": "Widget", "quantity": 3}
+    )
+    assert status == 201
+    assert headers["Location"] == f"/api/v1/items/{item['id']}"
+
+    status, _, page = request("GET", f"{dev_server}/api/v1/items")
+    assert status == 200
+    assert [entry["name"] for entry in page["items"]] == ["Widget"]
+
+    status, _, _ = request("DELETE", f"{dev_server}/api/v1/items/{item['id']}")
+    assert status == 204
+    status, _, problem = request("GET", f"{dev_server}/api/v1/items/{item['id']}")
+    assert status == 404
+    assert problem["status"] == 404
+
+    status, _, startup = request("GET", f"{dev_server}/health/startup")
+    assert (status, startup["status"]) == (200, "pass")
+
+
+@only("default")
+def test_api_docs_render_in_a_browser_without_network(
+    dev_server: str, tmp_path: Path
+) -> None:
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("chromium is not installed (.ci/run installs it)")
+    # Chromium's own networking is off, and the page may only reach this server:
+    # if the docs needed a CDN, Swagger UI would not render.
+    result = subprocess.run(
+        [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            f"{dev_server}/api/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rendered_paths = set(re.findall(r'data-path="([^"]+)"', result.stdout))
+    assert {"/api/v1/items", "/api/v1/items/{item_id}", "/health/ready"} <= (
+        rendered_paths
+    )
+    assert re.search(r'<h2 class="title">My Service API', result.stdout)
