@@ -7,14 +7,17 @@ covers every configured backend without this module knowing about them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from flask import Flask, current_app
+from pydantic import BaseModel
 from sqlalchemy import text
 
 from ..extensions import db
@@ -52,28 +55,32 @@ def check_database() -> None:
     db.session.execute(text("SELECT 1"))
 
 
+@functools.cache
+def migration_heads(directory: str) -> frozenset[str]:
+    """The newest revisions in `directory`, read from disk once per process."""
+    if not (Path(directory) / "env.py").is_file():
+        raise HealthCheckError("no migrations directory found")
+    return frozenset(ScriptDirectory(directory).get_heads())
+
+
 def check_migrations() -> None:
     """The database schema is at the newest migration."""
-    directory = Path(current_app.extensions["migrate"].directory)
-    if not (directory / "env.py").is_file():
-        raise HealthCheckError("no migrations directory found")
-    script = ScriptDirectory(str(directory))
+    heads = migration_heads(str(current_app.extensions["migrate"].directory))
     with db.engine.connect() as connection:
         current = set(MigrationContext.configure(connection).get_current_heads())
-    if current != set(script.get_heads()):
+    if current != heads:
         raise HealthCheckError("the database schema is not at the newest migration")
 
 
-@dataclass
-class CheckResult:
+class CheckReport(BaseModel):
     """The outcome of one check."""
 
-    ok: bool
+    status: Literal["pass", "fail"]
     duration_ms: float
     error: str | None = None
 
 
-def run_checks(checks: dict[str, Check]) -> dict[str, CheckResult]:
+def run_checks(checks: dict[str, Check]) -> dict[str, CheckReport]:
     """Run every check, timing each; a failure never stops the others."""
     results = {}
     for name, check in checks.items():
@@ -86,13 +93,13 @@ def run_checks(checks: dict[str, Check]) -> dict[str, CheckResult]:
                 db.session.rollback()
             # Only our own messages are shown: a driver's may name hosts or users.
             detail = str(error) if isinstance(error, HealthCheckError) else None
-            results[name] = CheckResult(
-                ok=False,
+            results[name] = CheckReport(
+                status="fail",
                 duration_ms=elapsed_ms(started),
                 error=detail or type(error).__name__,
             )
         else:
-            results[name] = CheckResult(ok=True, duration_ms=elapsed_ms(started))
+            results[name] = CheckReport(status="pass", duration_ms=elapsed_ms(started))
     return results
 
 
