@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +33,24 @@ SERVER_START_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 10.0
 
 
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh, empty PostgreSQL database, dropped afterwards."""
-    name = f"kiln_{secrets.token_hex(6)}"
+def postgres_admin(statement: str) -> None:
     with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}"
-    finally:
-        with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        connection.execute(statement)
+
+
+@pytest.fixture
+def make_database() -> Iterator[Callable[[], str]]:
+    """Create fresh, empty PostgreSQL databases; all are dropped afterwards."""
+    names: list[str] = []
+
+    def create() -> str:
+        names.append(f"kiln_{secrets.token_hex(6)}")
+        postgres_admin(f'CREATE DATABASE "{names[-1]}"')
+        return f"{POSTGRES}/{names[-1]}"
+
+    yield create
+    for name in names:
+        postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def free_port() -> int:
@@ -68,7 +75,10 @@ def request(
 
 
 @only("default")
-def test_migrations_and_test_suite_on_postgresql(bake: Bake, database: str) -> None:
+def test_migrations_and_test_suite_on_postgresql(
+    bake: Bake, make_database: Callable[[], str]
+) -> None:
+    database = make_database()
     bake.run(["uv", "run", "flask", "db", "upgrade"], env={"DATABASE_URL": database})
     with psycopg.connect(database) as connection:
         tables = {
@@ -83,33 +93,24 @@ def test_migrations_and_test_suite_on_postgresql(bake: Bake, database: str) -> N
     assert {"items", "alembic_version"} <= tables
     assert version is not None
 
-    with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
-        suite_db = f"{database}_suite".rsplit("/", 1)[1]
-        connection.execute(f'CREATE DATABASE "{suite_db}"')
-    try:
-        _, test_command = readme_commands(bake)
-        result = bake.run(
-            f"{test_command} -p no:cacheprovider",
-            env={"TEST_DATABASE_URL": f"{POSTGRES}/{suite_db}"},
-        )
-        assert " passed" in result.stdout
-        assert (
-            "postgresql"
-            in bake.run(
-                [
-                    "uv",
-                    "run",
-                    "python",
-                    "-c",
-                    f"from {bake.package} import create_app;"
-                    "print(create_app('testing').config['SQLALCHEMY_DATABASE_URI'])",
-                ],
-                env={"TEST_DATABASE_URL": f"{POSTGRES}/{suite_db}"},
-            ).stdout
-        )
-    finally:
-        with psycopg.connect(f"{POSTGRES}/test", autocommit=True) as connection:
-            connection.execute(f'DROP DATABASE IF EXISTS "{suite_db}" WITH (FORCE)')
+    suite_env = {"TEST_DATABASE_URL": make_database()}
+    _, test_command = readme_commands(bake)
+    result = bake.run(f"{test_command} -p no:cacheprovider", env=suite_env)
+    assert " passed" in result.stdout
+    assert (
+        "postgresql"
+        in bake.run(
+            [
+                "uv",
+                "run",
+                "python",
+                "-c",
+                f"from {bake.package} import create_app;"
+                "print(create_app('testing').config['SQLALCHEMY_DATABASE_URI'])",
+            ],
+            env=suite_env,
+        ).stdout
+    )
 
 
 @pytest.fixture
