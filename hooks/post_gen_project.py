@@ -1,4 +1,5 @@
-"""Finish the generated project: prune unselected features, write the local .env.
+"""Finish the generated project: pick the license, prune unselected features,
+write the local .env.
 
 Runs offline and writes nothing random into tracked files, so rendering the same
 answers twice gives the same tracked tree (``cruft update`` relies on that).
@@ -15,16 +16,15 @@ from pathlib import Path
 ANSWERS: dict[str, str] = json.loads(r"""{{ cookiecutter | jsonify }}""")
 PROJECT = Path.cwd()
 
-# Whether each optional feature was selected. Later features add a line here
-# and a line in FEATURE_PATHS; no other file needs to know how pruning works.
-SELECTED = {
-    "license": ANSWERS["open_source_license"] != "Not open source",
-}
+# One rendered text per offered license; the chosen one becomes LICENSE.
+LICENSES = PROJECT / "licenses"
+
+# Whether each optional feature was selected. A feature adds a line here and a
+# line in FEATURE_PATHS; no other file needs to know how pruning works.
+SELECTED: dict[str, bool] = {}
 
 # Files and folders (relative to the project root) that exist only for a feature.
-FEATURE_PATHS = {
-    "license": ["LICENSE"],
-}
+FEATURE_PATHS: dict[str, list[str]] = {}
 
 ENV_FILE = """\
 # Local development settings, written once by the project template.
@@ -34,6 +34,14 @@ APP_ENV=development
 SECRET_KEY={secret_key}
 # DATABASE_URL=postgresql://postgres@127.0.0.1:5432/{package_name}
 """
+
+
+def install_license() -> None:
+    """Keep the chosen license text as LICENSE (none when not open source)."""
+    chosen = LICENSES / ANSWERS["open_source_license"]
+    if chosen.is_file():
+        chosen.replace(PROJECT / "LICENSE")
+    shutil.rmtree(LICENSES)
 
 
 def prune() -> None:
@@ -65,6 +73,7 @@ def write_env() -> None:
 
 
 def main() -> None:
+    install_license()
     prune()
     write_env()
 

@@ -47,6 +47,9 @@ CORE_FILES = (
     "tests/test_openapi.py",
 )
 
+# Paths no bake may contain (template scaffolding the hooks consume).
+CORE_ABSENT = ("licenses",)
+
 
 @dataclass(frozen=True)
 class AnswerSet:

@@ -7,7 +7,7 @@ import re
 import stat
 import subprocess
 
-from answer_sets import CORE_FILES
+from answer_sets import CORE_ABSENT, CORE_FILES
 from bakery import Bake, only, readme_commands, run
 
 LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.")
@@ -55,7 +55,11 @@ def test_expected_files_exist(bake: Bake) -> None:
     ]
     missing = [name for name in expected if not (bake.path / name).is_file()]
     assert missing == []
-    unwanted = [name for name in bake.answer_set.absent if (bake.path / name).exists()]
+    unwanted = [
+        name
+        for name in (*CORE_ABSENT, *bake.answer_set.absent)
+        if (bake.path / name).exists()
+    ]
     assert unwanted == []
 
 
