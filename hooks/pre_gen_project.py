@@ -47,6 +47,10 @@ RESERVED_NAMES = frozenset(
     }
 )
 
+# What cookiecutter.json derives project_slug as when project_name has no letter
+# or digit to slugify (an empty name would make cookiecutter write into the
+# output directory itself before this hook can run).
+NOTHING_TO_DERIVE = "-"
 MAX_PROJECT_NAME_LENGTH = 64
 MAX_PACKAGE_NAME_LENGTH = 40
 SLUG_RE = re.compile(r"[a-z][a-z0-9-]*")
@@ -62,6 +66,8 @@ def package_name_problem(name: str) -> str | None:
     """Say why `name` cannot be the import name, or None when it can."""
     if not name.isidentifier() or not name.isascii():
         return "is not a valid Python identifier"
+    if not name[0].isalpha():
+        return "must start with a letter"
     if keyword.iskeyword(name) or keyword.issoftkeyword(name):
         return "is a Python keyword"
     if name != name.lower():
@@ -85,15 +91,22 @@ def problems(answers: dict[str, str]) -> list[str]:
             "characters long"
         )
     slug = answers["project_slug"]
-    if not SLUG_RE.fullmatch(slug) or slug.endswith("-") or "--" in slug:
-        found.append(
-            f"project_slug {slug!r} must match [a-z][a-z0-9-]* "
-            "(lowercase dash-case, starting with a letter, no trailing or double dash)"
-        )
     name = answers["package_name"]
-    reason = package_name_problem(name)
-    if reason:
-        found.append(f"package_name {name!r} {reason}")
+    if slug == NOTHING_TO_DERIVE:
+        # package_name is derived from the slug too: one line covers both.
+        found.append(
+            f"project_name {project_name!r} has no letter or digit to derive "
+            "project_slug and package_name from: add some, or answer project_slug"
+        )
+    else:
+        if not SLUG_RE.fullmatch(slug) or slug.endswith("-") or "--" in slug:
+            found.append(
+                f"project_slug {slug!r} must match [a-z][a-z0-9-]* (lowercase "
+                "dash-case, starting with a letter, no trailing or double dash)"
+            )
+        reason = package_name_problem(name)
+        if reason:
+            found.append(f"package_name {name!r} {reason}")
     email = answers["author_email"]
     if not EMAIL_RE.fullmatch(email):
         found.append(

@@ -30,6 +30,8 @@ REJECTED = [
     ("package_name", "test", "would shadow a dependency"),
     ("package_name", "app", "would shadow a dependency"),
     ("package_name", "a" * 41, "is longer than 40 characters"),
+    ("package_name", "_service", "must start with a letter"),
+    ("package_name", "", "is not a valid Python identifier"),
     ("project_slug", "My-Service", "must match [a-z][a-z0-9-]*"),
     ("project_slug", "9lives", "must match [a-z][a-z0-9-]*"),
     ("project_slug", "my_service", "must match [a-z][a-z0-9-]*"),
@@ -115,6 +117,20 @@ def test_cli_exits_non_zero_and_leaves_nothing(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "ERROR: package_name 'flask' would shadow a dependency" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("project_name", ["!!!", "---", "   ?  "])
+def test_a_name_with_nothing_to_derive_from_is_rejected(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], project_name: str
+) -> None:
+    with pytest.raises(FailedHookException):
+        render(tmp_path, {"project_name": project_name})
+    errors = [line for line in capfd.readouterr().err.splitlines() if line]
+    assert errors == [
+        f"ERROR: project_name {project_name!r} has no letter or digit to derive "
+        "project_slug and package_name from: add some, or answer project_slug"
+    ]
+    assert list(tmp_path.iterdir()) == [], "a rejected answer left files behind"
 
 
 def test_derived_names_follow_the_project_name(tmp_path: Path) -> None:
