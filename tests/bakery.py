@@ -21,8 +21,15 @@ QUICKSTART = re.compile(r"## Quickstart.*?```console\n(.*?)```", re.DOTALL)
 TEMPLATE = Path(__file__).resolve().parent.parent
 
 # Variables of the template's own environment that must not leak into a
-# generated project's commands (its uv environment is its own).
-LEAKY_VARIABLES = ("VIRTUAL_ENV", "UV_PROJECT_ENVIRONMENT", "PYTHONPATH", "APP_ENV")
+# generated project's commands (its uv environment is its own). Bytecode is
+# written, as on a user's machine: without it every import compiles from source.
+LEAKY_VARIABLES = (
+    "VIRTUAL_ENV",
+    "UV_PROJECT_ENVIRONMENT",
+    "PYTHONPATH",
+    "APP_ENV",
+    "PYTHONDONTWRITEBYTECODE",
+)
 LEAKY_PREFIXES = ("PYTEST_", "COV_CORE_", "FLASK_", "DATABASE_URL", "TEST_DATABASE")
 
 

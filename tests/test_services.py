@@ -6,6 +6,8 @@ Every server started here binds to 127.0.0.1, is bounded in time, and is stopped
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import re
@@ -15,20 +17,24 @@ import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 from bakery import Bake, only, project_env, readme_commands
 
 pytestmark = pytest.mark.services
 
 POSTGRES = os.environ.get("KILN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+# The machine's Redis; every project run here writes under a prefix of its own.
+REDIS = os.environ.get("KILN_REDIS_URL", "redis://127.0.0.1:6379/0")
 SERVER_START_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 10.0
 
@@ -61,17 +67,34 @@ def free_port() -> int:
 
 
 def request(
-    method: str, url: str, body: dict[str, Any] | None = None
+    method: str,
+    url: str,
+    body: dict[str, Any] | bytes | None = None,
 ) -> tuple[int, dict[str, str], Any]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {} if body is None else {"Content-Type": "application/json"}
-    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    """Send one request; the status, headers and JSON answer.
+
+    A server may answer (413) and close before a large body is sent whole: the
+    answer is read all the same, as a client reading while it sends would.
+    """
+    data = body if isinstance(body, bytes | None) else json.dumps(body).encode()
+    parsed = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(
+        parsed.hostname or "127.0.0.1", parsed.port, timeout=REQUEST_TIMEOUT
+    )
     try:
-        with urllib.request.urlopen(req, timeout=REQUEST_TIMEOUT) as response:
-            raw = response.read()
-            return response.status, dict(response.headers), json.loads(raw or "null")
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), json.loads(error.read() or "null")
+        connection.putrequest(method, parsed.path or "/")
+        if data is not None:
+            connection.putheader("Content-Type", "application/json")
+            connection.putheader("Content-Length", str(len(data)))
+        connection.endheaders()
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            if data:
+                connection.send(data)
+        response = connection.getresponse()
+        raw = response.read()
+        return response.status, dict(response.getheaders()), json.loads(raw or "null")
+    finally:
+        connection.close()
 
 
 @only("default")
@@ -93,7 +116,7 @@ def test_migrations_and_test_suite_on_postgresql(
     assert {"items", "alembic_version"} <= tables
     assert version is not None
 
-    suite_env = {"TEST_DATABASE_URL": make_database()}
+    suite_env = {"TEST_DATABASE_URL": make_database(), "TEST_REDIS_URL": REDIS}
     _, test_command = readme_commands(bake)
     result = bake.run(f"{test_command} -p no:cacheprovider", env=suite_env)
     assert " passed" in result.stdout
@@ -135,7 +158,7 @@ def dev_server(bake: Bake) -> Iterator[str]:
             try:
                 request("GET", f"{base}/health/live")
                 break
-            except (ConnectionError, urllib.error.URLError):
+            except OSError:
                 assert server.poll() is None, "the dev server exited early"
                 assert time.monotonic() < deadline, "the dev server did not start"
                 time.sleep(0.25)
@@ -210,3 +233,129 @@ def test_api_docs_render_in_a_browser_without_network(
         rendered_paths
     )
     assert re.search(r'<h2 class="title">My Service API', result.stdout)
+
+
+@dataclass
+class ProductionServer:
+    base: str
+    process: subprocess.Popen[str]
+    database: str
+
+
+@pytest.fixture
+def production_server(
+    bake: Bake, make_database: Callable[[], str]
+) -> Iterator[ProductionServer]:
+    """The generated project as production runs it: migrated PostgreSQL, Redis,
+    then Gunicorn with gunicorn.conf.py, two workers, APP_ENV=production."""
+    database = make_database()
+    env = {
+        "APP_ENV": "production",
+        "DATABASE_URL": database,
+        "REDIS_URL": REDIS,
+        "REDIS_KEY_PREFIX": f"kiln-{secrets.token_hex(6)}",
+        "SECRET_KEY": secrets.token_urlsafe(48),
+        "FLASK_SKIP_DOTENV": "1",
+        # The tests here race several clients on purpose: room for all of them,
+        # so every answer is the API's own, not a designed 429 or 503.
+        "POLICY_LIMIT_READ": "100000 per minute",
+        "POLICY_LIMIT_WRITE": "100000 per minute",
+        "GUNICORN_THREADS": "8",
+    }
+    bake.run(["uv", "run", "flask", "db", "upgrade"], env=env)
+    port = free_port()
+    # The environment's own gunicorn, so that signals reach it directly.
+    gunicorn = str(bake.path / ".venv" / "bin" / "gunicorn")
+    server = subprocess.Popen(
+        [gunicorn, "-c", "gunicorn.conf.py", "wsgi:application"],
+        cwd=bake.path,
+        env=project_env(
+            env
+            | {"WEB_CONCURRENCY": "2", "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
+        ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT
+        while True:
+            try:
+                request("GET", f"{base}/health/ready")
+                break
+            except OSError:
+                assert server.poll() is None, server.communicate()[1][-3000:]
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.25)
+        yield ProductionServer(base, server, database)
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=30)
+        if server.stderr:
+            server.stderr.close()
+        with redis.Redis.from_url(REDIS) as client:
+            for key in client.scan_iter(f"{env['REDIS_KEY_PREFIX']}:*"):
+                client.delete(key)
+
+
+@only("default")
+def test_production_server_on_postgresql(production_server: ProductionServer) -> None:
+    base, server = production_server.base, production_server.process
+    status, _, ready = request("GET", f"{base}/health/startup")
+    assert (status, ready["status"]) == (200, "pass")
+
+    status, headers, _ = request("POST", f"{base}/api/v1/items", {"name": "Pg"})
+    assert status == 201
+    assert headers["Strict-Transport-Security"].startswith("max-age=")
+    status, _, problem = request(
+        "POST", f"{base}/api/v1/items", b'{"name": "x"}' + b" " * (2 * 1024 * 1024)
+    )
+    assert (status, problem["status"]) == (413, 413)
+    status, _, page = request("GET", f"{base}/api/v1/items")
+    assert [entry["name"] for entry in page["items"]] == ["Pg"]
+
+    # SIGTERM, as an orchestrator stops the container: a clean exit.
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
+
+
+@only("default")
+def test_writes_racing_deletes_get_no_5xx(production_server: ProductionServer) -> None:
+    items = f"{production_server.base}/api/v1/items"
+    statuses: list[int] = []
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in range(40):
+            _, _, item = request("POST", items, {"name": "Raced"})
+            url = f"{items}/{item['id']}"
+            racers = [
+                pool.submit(request, "PATCH", url, {"quantity": 1}),
+                pool.submit(request, "DELETE", url),
+                pool.submit(request, "PATCH", url, {"name": "Again"}),
+                pool.submit(request, "DELETE", url),
+            ]
+            statuses += [racer.result()[0] for racer in racers]
+    assert set(statuses) <= {200, 204, 404}, sorted(statuses)
+    assert statuses.count(204) == 40  # each item was deleted exactly once
+
+
+@only("default")
+def test_a_read_only_database_is_a_503(production_server: ProductionServer) -> None:
+    # What a failover looks like from the application: the server is a standby.
+    name = production_server.database.rsplit("/", 1)[1]
+    postgres_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    postgres_admin(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+    try:
+        items = f"{production_server.base}/api/v1/items"
+        for _ in range(3):
+            status, headers, problem = request("POST", items, {"name": "Nope"})
+            assert (status, problem["status"]) == (503, 503)
+            assert headers["Retry-After"] == "5"
+        assert request("GET", items)[0] == 200
+    finally:
+        postgres_admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')

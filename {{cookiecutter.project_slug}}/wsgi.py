@@ -1,11 +1,11 @@
-"""WSGI entry point for production servers: ``gunicorn wsgi:application``.
+"""WSGI entry point for production servers.
 
-Defaults to the production configuration, which refuses to start without a
-safe SECRET_KEY and an explicit DATABASE_URL; set APP_ENV to choose another.
+``gunicorn -c gunicorn.conf.py wsgi:application`` runs $APP_ENV, else the
+production configuration, which refuses to start without a random SECRET_KEY
+and an explicit DATABASE_URL.
 """
 
-import os
-
 from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.config import server_config_name
 
-application = create_app(os.environ.get("APP_ENV", "production"))
+application = create_app(server_config_name())

@@ -48,6 +48,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     """Run migrations on a live connection of the app's engine."""
     with migrate_ext.db.engine.connect() as connection:
+        if connection.dialect.name == "postgresql":
+            # A migration may rewrite a large table: lift the app's per-statement
+            # cap for this session. Commit, so that Alembic starts (and commits)
+            # its own transaction rather than joining this one.
+            connection.exec_driver_sql("SET statement_timeout = 0")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,

@@ -2,19 +2,32 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import fakeredis
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.resilience import store
 
-MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+PROJECT = Path(__file__).resolve().parent.parent
+MIGRATIONS = PROJECT / "migrations"
 
 AppFactory = Callable[..., Flask]
 
@@ -27,18 +40,40 @@ def make_app() -> Iterator[AppFactory]:
     """
     apps: list[Flask] = []
 
-    def factory(config_name: str | None = "testing", **overrides: Any) -> Flask:
+    def factory(
+        config_name: str | None = "testing", *, tables: bool = False, **overrides: Any
+    ) -> Flask:
+        """create_app(); with tables=True, the database gets fresh, empty tables
+        (TEST_DATABASE_URL's database outlives each test)."""
         overrides.setdefault("MIGRATIONS_DIRECTORY", str(MIGRATIONS))
         app = create_app(config_name, **overrides)
         apps.append(app)
+        if tables:
+            with app.app_context():
+                drop_everything()
+                db.create_all()
         return app
 
     yield factory
     for app in apps:
-        with app.app_context():
-            db.session.remove()
-            for engine in db.engines.values():
-                engine.dispose()
+        close_connections(app)
+
+
+def close_connections(app: Flask) -> None:
+    """End the app's sessions, close its database connections, and remove the
+    keys it wrote to TEST_REDIS_URL's Redis (each test app has its own prefix)."""
+    with app.app_context():
+        db.session.remove()
+        for engine in db.engines.values():
+            engine.dispose()
+    shared = store.redis_store(app)
+    if shared is not None and shared.gate.is_open():
+        try:
+            for key in shared.client.scan_iter(f"{shared.prefix}*"):
+                shared.client.delete(key)
+        except redis.RedisError:
+            pass  # a test that took Redis away; its relay is gone with it
+        shared.pool.disconnect()
 
 
 def drop_everything() -> None:
@@ -49,24 +84,30 @@ def drop_everything() -> None:
 
 
 @pytest.fixture
-def app(make_app: AppFactory) -> Iterator[Flask]:
-    """A testing app whose tables exist and are empty."""
+def empty_app(make_app: AppFactory) -> Iterator[Flask]:
+    """A testing app, in its app context, whose database has no tables at all."""
     app = make_app()
     with app.app_context():
         drop_everything()
-        db.create_all()
         yield app
         drop_everything()
 
 
 @pytest.fixture
-def empty_app(make_app: AppFactory) -> Iterator[Flask]:
-    """A testing app whose database has no tables at all (for migrations)."""
-    app = make_app()
-    with app.app_context():
-        drop_everything()
-        yield app
-        drop_everything()
+def app(empty_app: Flask) -> Flask:
+    """A testing app whose tables exist (made from the models) and are empty."""
+    db.create_all()
+    return empty_app
+
+
+@pytest.fixture
+def migrated_app(empty_app: Flask) -> Iterator[Flask]:
+    """A testing app whose database the migrations built."""
+    upgrade()
+    yield empty_app
+    # Requests may have shared the fixture's app context: end their transaction.
+    db.session.remove()
+    downgrade(revision="base")
 
 
 @pytest.fixture
@@ -77,3 +118,213 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def runner(app: Flask) -> FlaskCliRunner:
     return app.test_cli_runner()
+
+
+@pytest.fixture
+def hung_server() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections and never answers.
+
+    It stands for a database that is up at the TCP level but stuck (overloaded,
+    paused, behind a broken proxy).
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def hold_connections() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                accepted.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    holder = threading.Thread(target=hold_connections, daemon=True)
+    holder.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    holder.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+@dataclass
+class FakeUpstream:
+    """A stand-in for another service, on 127.0.0.1, that counts its calls."""
+
+    url: str = ""
+    calls: int = 0
+    status: int = 200
+    # Statuses for the next calls, in order, before `status` applies again.
+    statuses: list[int] = field(default_factory=list)
+    delay: float = 0.0
+    answer: dict[str, Any] = field(
+        default_factory=lambda: {"amount": "12.50", "currency": "EUR"}
+    )
+
+
+@pytest.fixture
+def pricing_upstream() -> Iterator[FakeUpstream]:
+    """A pricing service answering GET /prices/<id> as told (status, delay)."""
+    fake = FakeUpstream()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            fake.calls += 1
+            time.sleep(fake.delay)
+            body = json.dumps(fake.answer).encode()
+            self.send_response(fake.statuses.pop(0) if fake.statuses else fake.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            """Quiet: the tests read the calls counter, not a log."""
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    serving.join(timeout=5)
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 to a real server, which a test can cut and restore.
+
+    Cutting closes every open connection and refuses new ones: what clients see
+    when the server dies, without touching the server other tests share.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.listener.getsockname()[1]
+        self.refusing = False
+        self.closing = False
+        self.open: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closing:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if self.refusing:
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self.lock:
+                self.open += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink), daemon=True
+                ).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                end.close()
+
+    def cut(self) -> None:
+        self.refusing = True
+        with self.lock:
+            for connection in self.open:
+                connection.close()
+            self.open.clear()
+
+    def restore(self) -> None:
+        self.refusing = False
+
+    def close(self) -> None:
+        self.closing = True
+        self.cut()
+        self.listener.close()
+
+
+@dataclass
+class RedisTarget:
+    """A Redis for one test: its URL, a key prefix of its own, and an off switch."""
+
+    url: str
+    prefix: str
+    client: redis.Redis
+    cut: Callable[[], None]
+    restore: Callable[[], None]
+
+    def stored_keys(self) -> list[str]:
+        return sorted(key.decode() for key in self.client.scan_iter(f"{self.prefix}:*"))
+
+    def get(self, key: str) -> bytes | None:
+        value: bytes | None = self.client.get(key)  # type: ignore[assignment]
+        return value
+
+    def settings(self) -> dict[str, Any]:
+        """create_app() overrides that put every shared store on this Redis."""
+        return {
+            "REDIS_URL": self.url,
+            "REDIS_KEY_PREFIX": self.prefix,
+            "CACHE_TYPE": f"{store.__package__}.redis_cache.SafeRedisCache",
+        }
+
+
+@pytest.fixture
+def redis_target(monkeypatch: pytest.MonkeyPatch) -> Iterator[RedisTarget]:
+    """TEST_REDIS_URL's Redis, behind a relay the test can cut; without it, an
+    in-process fakeredis (with Lua), whose connection switch does the same."""
+    prefix = f"test-{uuid.uuid4().hex[:12]}"
+    real_url = os.environ.get("TEST_REDIS_URL")
+    if real_url:
+        parsed = redis.ConnectionPool.from_url(real_url).connection_kwargs
+        relay = Relay(parsed.get("host", "127.0.0.1"), parsed.get("port", 6379))
+        database = parsed.get("db", 0)
+        client = redis.Redis.from_url(real_url)
+        yield RedisTarget(
+            f"redis://127.0.0.1:{relay.port}/{database}",
+            prefix,
+            client,
+            relay.cut,
+            relay.restore,
+        )
+        relay.close()
+        for key in client.scan_iter(f"{prefix}:*"):
+            client.delete(key)
+        client.close()
+        return
+    server = fakeredis.FakeServer()
+
+    def fake_pool(_url: str, _timeout: float) -> redis.ConnectionPool:
+        return redis.ConnectionPool(
+            connection_class=fakeredis.FakeRedisConnection, server=server
+        )
+
+    def cut() -> None:
+        server.connected = False
+
+    def restore() -> None:
+        server.connected = True
+
+    monkeypatch.setattr(store, "connection_pool", fake_pool)
+    yield RedisTarget(
+        "redis://fakeredis:6379/0",
+        prefix,
+        redis.Redis(connection_pool=fake_pool("", 0)),
+        cut,
+        restore,
+    )

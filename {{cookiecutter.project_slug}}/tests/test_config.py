@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import base64
+import random
+import uuid
+from collections.abc import Callable
+
 import pytest
+from sqlalchemy.engine import make_url
 
 from {{ cookiecutter.package_name }} import config as settings
-from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.config import (
     ConfigError,
+    check_server_config,
+    database_uri,
     load_config,
-    normalise_database_url,
+    server_config_name,
 )
+from {{ cookiecutter.package_name }}.secret_key import weakness
+
+from conftest import AppFactory
 
 GOOD_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
 PRODUCTION_ENV = {
@@ -23,73 +33,183 @@ PRODUCTION_ENV = {
 def production_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """A safe production environment; each test breaks one variable."""
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    monkeypatch.delenv("APP_ENV", raising=False)
     for name, value in PRODUCTION_ENV.items():
         monkeypatch.setenv(name, value)
     return dict(PRODUCTION_ENV)
 
 
-def test_production_starts_with_safe_settings() -> None:
-    app = create_app("production")
+def test_production_starts_with_safe_settings(make_app: AppFactory) -> None:
+    app = make_app("production")
     assert not app.debug
     assert not app.testing
-    assert app.config["SQLALCHEMY_DATABASE_URI"] == (
-        "postgresql+psycopg://app:pw@db.internal:5432/app?connect_timeout=5"
+    url = make_url(app.config["SQLALCHEMY_DATABASE_URI"])
+    assert url.render_as_string(hide_password=False).startswith(
+        "postgresql+psycopg://app:pw@db.internal:5432/app?"
+    )
+    assert url.query["connect_timeout"] == "5"
+
+
+def test_production_defaults_are_the_safe_ones(make_app: AppFactory) -> None:
+    config = make_app("production").config
+    assert config["SESSION_COOKIE_SECURE"] is True
+    assert config["SESSION_COOKIE_HTTPONLY"] is True
+    assert config["SESSION_COOKIE_SAMESITE"] == "Lax"
+    assert config["PREFERRED_URL_SCHEME"] == "https"
+    assert "Strict-Transport-Security" in config["SECURITY_HEADERS"]
+
+
+def test_development_sends_no_hsts(make_app: AppFactory) -> None:
+    assert (
+        "Strict-Transport-Security"
+        not in (make_app("development").config["SECURITY_HEADERS"])
     )
 
 
+def test_trusted_hosts_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
+    monkeypatch.setenv("TRUSTED_HOSTS", "api.example.com, .example.org,")
+    app = make_app("production")
+    assert app.config["TRUSTED_HOSTS"] == ["api.example.com", ".example.org"]
+    assert (
+        app.test_client()
+        .get("/health/live", headers={"Host": "evil.example.net"})
+        .status_code
+        == 400
+    )
+    assert (
+        app.test_client()
+        .get("/health/live", headers={"Host": "api.example.com"})
+        .status_code
+        == 200
+    )
+
+
+def test_the_flag_is_not_a_setting() -> None:
+    assert "ephemeral_secret_key" not in settings.DevelopmentConfig({}).settings()
+
+
 def test_production_refuses_a_missing_secret_key(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
 ) -> None:
     monkeypatch.delenv("SECRET_KEY")
     with pytest.raises(ConfigError, match=r"^SECRET_KEY is not set"):
-        create_app("production")
+        make_app("production")
 
 
-@pytest.mark.parametrize("secret", ["change-me", "CHANGEME", "secret", "dev"])
-def test_production_refuses_a_placeholder_secret_key(
-    monkeypatch: pytest.MonkeyPatch, secret: str
+@pytest.mark.parametrize(
+    ("secret", "reason"),
+    [
+        ("change-me", "is a placeholder"),
+        ("CHANGEME", "is a placeholder"),
+        ("please-change-me-before-deploying-this-app", "is a placeholder"),
+        ("secret", "is too short"),
+        ("dev", "is too short"),
+        ("x7Hq2" * 6, r"is too short \(30 characters"),
+        # Padding does not count toward the length.
+        ("    " + "x7Hq2" * 6 + "    ", r"is too short \(30 characters"),
+        ("   ", "is not set"),
+        ("a" * 64, "uses only 1 distinct characters"),
+        ("x7Hq2" * 8, "uses only 5 distinct characters"),
+        ("0123456789abcdef" * 2, "repeats a pattern"),
+        ("abcdefghijklmnopqrstuvwxyz0123456789", "repeats a pattern or runs through"),
+        ("this-is-my-super-secret-key-for-dev-use", "is made of common words"),
+        ("ThisIsMySuperSecretKeyForDevUse2024!!", "is made of common words"),
+        ("my_development_secret_key_change_before_prod", "is made of common words"),
+    ],
+)
+def test_production_refuses_a_weak_secret_key(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory, secret: str, reason: str
 ) -> None:
     monkeypatch.setenv("SECRET_KEY", secret)
-    with pytest.raises(ConfigError, match=r"^SECRET_KEY is a placeholder"):
-        create_app("production")
+    with pytest.raises(ConfigError, match=rf"^SECRET_KEY {reason}"):
+        make_app("production")
 
 
-def test_production_refuses_a_placeholder_inside_a_long_key(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize(
+    "make_key",
+    [
+        lambda data: base64.urlsafe_b64encode(data).decode().rstrip("="),
+        lambda data: base64.b64encode(data).decode(),
+        lambda data: data.hex(),
+        lambda data: data[:16].hex(),
+        lambda data: str(uuid.UUID(bytes=data[:16], version=4)),
+    ],
+    ids=["token_urlsafe", "openssl-base64", "token_hex", "token_hex-16", "uuid4"],
+)
+def test_keys_from_the_usual_generators_pass(
+    make_key: Callable[[bytes], str],
 ) -> None:
-    monkeypatch.setenv("SECRET_KEY", "please-change-me-before-deploying-this-app")
-    with pytest.raises(ConfigError, match=r"^SECRET_KEY is a placeholder"):
-        create_app("production")
+    # Deterministic random bytes, so this test cannot flake.
+    generator = random.Random(20261123)
+    for _ in range(300):
+        key = make_key(generator.randbytes(48))
+        assert weakness(key) is None, key
 
 
-def test_production_refuses_a_short_secret_key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SECRET_KEY", "x7Hq2" * 6)
-    with pytest.raises(
-        ConfigError, match=r"^SECRET_KEY is too short \(30 characters\)"
-    ):
-        create_app("production")
-
-
-def test_production_refuses_debug() -> None:
+def test_production_refuses_debug(make_app: AppFactory) -> None:
     with pytest.raises(ConfigError, match=r"^DEBUG is on"):
-        create_app("production", DEBUG=True)
+        make_app("production", DEBUG=True)
 
 
-def test_production_refuses_flask_debug(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_refuses_flask_debug(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
     monkeypatch.setenv("FLASK_DEBUG", "1")
     with pytest.raises(ConfigError, match=r"^DEBUG is on"):
-        create_app("production")
+        make_app("production")
 
 
-def test_production_refuses_testing_mode() -> None:
+def test_production_refuses_testing_mode(make_app: AppFactory) -> None:
     with pytest.raises(ConfigError, match=r"^TESTING is on"):
-        create_app("production", TESTING=True)
+        make_app("production", TESTING=True)
 
 
-def test_production_needs_an_explicit_database(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_production_needs_an_explicit_database(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
     monkeypatch.delenv("DATABASE_URL")
     with pytest.raises(ConfigError, match=r"^DATABASE_URL is not set"):
-        create_app("production")
+        make_app("production")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("not a url", "DATABASE_URL is not a database URL: use postgresql://"),
+        ("", "DATABASE_URL is not set"),
+        ("mysql://app:pw@db/app", "DATABASE_URL uses mysql://, which this project"),
+        ("postgresql+psycopg2://db/app", "uses postgresql\\+psycopg2://"),
+        ("oracle://db/app", "has no driver for: use postgresql:// \\(psycopg 3\\)"),
+        ("postgresql://u:pw@db:notaport/app", "DATABASE_URL is not a database URL"),
+    ],
+)
+def test_a_bad_database_url_is_one_clear_error(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory, url: str, message: str
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    with pytest.raises(ConfigError, match=message) as raised:
+        make_app("production")
+    assert "pw" not in raised.value.message
+    assert "\n" not in raised.value.message
+
+
+def test_a_bad_test_database_url_names_its_variable() -> None:
+    with pytest.raises(ConfigError, match=r"^TEST_DATABASE_URL uses mysql://"):
+        settings.TestingConfig({"TEST_DATABASE_URL": "mysql://db/test"})
+
+
+def test_servers_run_production_unless_told_otherwise() -> None:
+    assert server_config_name({}) == "production"
+    assert server_config_name({"APP_ENV": "development"}) == "development"
+
+
+def test_the_server_check_validates_without_building_an_app() -> None:
+    config = check_server_config(PRODUCTION_ENV)
+    assert isinstance(config, settings.ProductionConfig)
+    with pytest.raises(ConfigError, match=r"^SECRET_KEY is not set"):
+        check_server_config({"DATABASE_URL": "sqlite://"})
 
 
 def test_development_generates_a_secret_key_when_none_is_set() -> None:
@@ -123,30 +243,52 @@ def test_testing_uses_test_database_url() -> None:
     config = settings.TestingConfig(
         {"TEST_DATABASE_URL": "postgresql://127.0.0.1/test"}
     )
-    assert config.SQLALCHEMY_DATABASE_URI == (
-        "postgresql+psycopg://127.0.0.1/test?connect_timeout=5"
+    url = make_url(config.SQLALCHEMY_DATABASE_URI)
+    assert (url.drivername, url.host, url.database) == (
+        "postgresql+psycopg",
+        "127.0.0.1",
+        "test",
     )
 
 
-def test_postgresql_connections_time_out() -> None:
+def test_postgresql_connections_are_bounded_in_time() -> None:
     config = settings.TestingConfig(
         {
             "TEST_DATABASE_URL": "postgresql://u:p@127.0.0.1/test",
             "DATABASE_CONNECT_TIMEOUT": "2",
+            "DATABASE_STATEMENT_TIMEOUT": "7",
         }
     )
-    assert config.SQLALCHEMY_DATABASE_URI == (
-        "postgresql+psycopg://u:p@127.0.0.1/test?connect_timeout=2"
+    assert dict(make_url(config.SQLALCHEMY_DATABASE_URI).query) == {
+        "connect_timeout": "2",
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+        "options": "-c statement_timeout=7000",
+    }
+
+
+def test_settings_in_the_url_are_kept() -> None:
+    url = (
+        "postgresql+psycopg://127.0.0.1/test?connect_timeout=30"
+        "&options=-c%20search_path%3Dapp"
     )
-
-
-def test_an_explicit_connect_timeout_is_kept() -> None:
-    url = "postgresql+psycopg://127.0.0.1/test?connect_timeout=30"
     config = settings.TestingConfig({"TEST_DATABASE_URL": url})
-    assert url == config.SQLALCHEMY_DATABASE_URI
+    query = make_url(config.SQLALCHEMY_DATABASE_URI).query
+    assert query["connect_timeout"] == "30"
+    assert query["options"] == "-c search_path=app"
 
 
-def test_other_databases_get_no_connect_timeout() -> None:
+def test_numeric_libpq_settings_must_be_numbers() -> None:
+    with pytest.raises(ConfigError, match=r"sets connect_timeout to something other"):
+        settings.TestingConfig(
+            {"TEST_DATABASE_URL": "postgresql://db/test?connect_timeout=abc"}
+        )
+
+
+def test_other_databases_get_no_libpq_settings() -> None:
     config = settings.TestingConfig({"TEST_DATABASE_URL": "sqlite:///other.db"})
     assert config.SQLALCHEMY_DATABASE_URI == "sqlite:///other.db"
 
@@ -161,23 +303,51 @@ def test_load_config_reads_app_env() -> None:
     [
         ("postgres://u@h/db", "postgresql+psycopg://u@h/db"),
         ("postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
-        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u:p@h/db", "postgresql+psycopg://u:p@h/db"),
         ("sqlite:///app.db", "sqlite:///app.db"),
+        ("sqlite+pysqlite://", "sqlite+pysqlite://"),
     ],
 )
-def test_normalise_database_url(url: str, expected: str) -> None:
-    assert normalise_database_url(url) == expected
+def test_database_urls_get_the_installed_driver(url: str, expected: str) -> None:
+    uri = database_uri("DATABASE_URL", url, {"connect": 5, "statement": 30})
+    assert uri.split("?")[0] == expected
 
 
 @pytest.mark.parametrize(
-    ("value", "message"),
-    [("lots", "is not an integer"), ("0", "must be a positive integer")],
+    ("name", "value", "message"),
+    [
+        ("MAX_CONTENT_LENGTH", "lots", "is not an integer"),
+        ("MAX_CONTENT_LENGTH", "0", "must be a positive integer"),
+        ("HEALTH_CHECK_TIMEOUT", "soon", "is not a number of seconds"),
+        ("HEALTH_CHECK_TIMEOUT", "-1", "must be a positive number of seconds"),
+        ("HEALTH_CHECK_TIMEOUT", "inf", "must be a positive number of seconds"),
+        ("API_DOCS_ENABLED", "maybe", "is not a yes/no value"),
+    ],
 )
-def test_bad_integer_settings_name_the_variable(value: str, message: str) -> None:
-    with pytest.raises(ConfigError, match=rf"^MAX_CONTENT_LENGTH='{value}' {message}"):
-        settings.TestingConfig({"MAX_CONTENT_LENGTH": value})
+def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^{name}='{value}' {message}"):
+        settings.TestingConfig({name: value})
 
 
-def test_empty_integer_setting_keeps_the_default() -> None:
-    config = settings.TestingConfig({"MAX_CONTENT_LENGTH": ""})
+def test_integers_can_have_a_maximum() -> None:
+    assert settings.env_int({"N": "8"}, "N", 1, maximum=8) == 8
+    with pytest.raises(ConfigError, match=r"^N='9' is more than the 8 allowed"):
+        settings.env_int({"N": "9"}, "N", 1, maximum=8)
+
+
+def test_settings_are_parsed_from_the_environment() -> None:
+    config = settings.TestingConfig(
+        {"HEALTH_CHECK_TIMEOUT": "0.5", "API_DOCS_ENABLED": "off"}
+    )
+    assert config.HEALTH_CHECK_TIMEOUT == 0.5
+    assert config.API_DOCS_ENABLED is False
+    assert settings.TestingConfig({"API_DOCS_ENABLED": "Yes"}).API_DOCS_ENABLED
+
+
+def test_empty_settings_keep_their_defaults() -> None:
+    config = settings.TestingConfig(
+        {"MAX_CONTENT_LENGTH": "", "HEALTH_CHECK_TIMEOUT": " ", "TRUSTED_HOSTS": ","}
+    )
     assert config.MAX_CONTENT_LENGTH == settings.TestingConfig.MAX_CONTENT_LENGTH
+    assert config.HEALTH_CHECK_TIMEOUT == settings.TestingConfig.HEALTH_CHECK_TIMEOUT
+    assert config.TRUSTED_HOSTS is None

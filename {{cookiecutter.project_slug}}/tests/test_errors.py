@@ -9,12 +9,14 @@ from flask import Flask, abort
 from flask.testing import FlaskClient
 from pydantic import BaseModel
 from spectree import Response as Responses
+from werkzeug.exceptions import ServiceUnavailable
 
 from {{ cookiecutter.package_name }}.errors import (
+    MAX_FIELD_ERRORS,
     PROBLEM_MEDIA_TYPE,
     RequestValidationError,
+    field_path,
     reject_invalid_request,
-    reject_invalid_response,
 )
 from {{ cookiecutter.package_name }}.extensions import spec
 
@@ -101,11 +103,6 @@ def test_response_that_breaks_its_schema_is_a_500(
     assert "not a number" not in response.get_data(as_text=True)
 
 
-def test_request_hook_ignores_valid_requests() -> None:
-    reject_invalid_request(None, None, None, None, None)
-    reject_invalid_response(None, None, None, None, None)
-
-
 def test_request_hook_reraises_errors_it_does_not_know() -> None:
     with pytest.raises(KeyError):
         reject_invalid_request(None, None, KeyError("odd"), None, None)
@@ -127,3 +124,52 @@ def test_validation_error_carries_its_errors() -> None:
     error = RequestValidationError([])
     assert error.errors == []
     assert "0 invalid field" in str(error)
+
+
+def test_a_422_is_bounded_however_many_fields_are_wrong(client: FlaskClient) -> None:
+    # 90 unknown members and a missing name: 91 errors, 20 listed.
+    body = {f"unknown_{number}": "x" * 1000 for number in range(90)}
+    response = client.post("/api/v1/items", json=body)
+    assert response.status_code == 422
+    assert response.json is not None
+    assert len(response.json["errors"]) == MAX_FIELD_ERRORS
+    assert "91 fields are invalid; the first 20 are listed" in response.json["detail"]
+    # The answer is small and never repeats the values sent.
+    assert len(response.get_data()) < 4000
+    assert "xxxx" not in response.get_data(as_text=True)
+
+
+def test_a_422_cuts_long_field_names(client: FlaskClient) -> None:
+    response = client.post("/api/v1/items", json={"name": "Widget", "k" * 50_000: 1})
+    assert response.status_code == 422
+    assert response.json is not None
+    (error,) = response.json["errors"]
+    assert error["field"] == "k" * 97 + "..."
+    assert len(response.get_data()) < 1000
+
+
+def test_field_paths_join_names_and_indexes() -> None:
+    assert field_path(("items", 0, "name")) == "items.0.name"
+    assert field_path(()) == "body"
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_retryable_problems_say_when_to_retry(
+    app: Flask, client: FlaskClient, status: int
+) -> None:
+    @app.get("/busy")
+    def busy() -> str:
+        abort(status)
+
+    response = client.get("/busy")
+    assert response.status_code == status
+    assert response.headers["Retry-After"] == str(app.config["RETRY_AFTER_UNAVAILABLE"])
+    assert_problem(response.json, status)
+
+
+def test_a_retry_after_from_the_error_wins(app: Flask, client: FlaskClient) -> None:
+    @app.get("/later")
+    def later() -> str:
+        raise ServiceUnavailable(retry_after=42)
+
+    assert client.get("/later").headers["Retry-After"] == "42"

@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
 from pathlib import Path
 
 from flask import Flask
 from flask.testing import FlaskClient
-from flask_migrate import downgrade, upgrade
 
-from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.health import add_check
 from {{ cookiecutter.package_name }}.health.checks import HealthCheckError
 
+from conftest import AppFactory
+
 
 def test_live_answers_without_touching_dependencies(
-    make_app: Callable[..., Flask], tmp_path: Path
+    make_app: AppFactory, tmp_path: Path
 ) -> None:
     # A database that cannot even be opened does not make the process "dead".
     app = make_app(SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
@@ -36,7 +36,7 @@ def test_ready_when_the_database_answers(client: FlaskClient) -> None:
 
 
 def test_not_ready_when_the_database_is_unreachable(
-    make_app: Callable[..., Flask], tmp_path: Path
+    make_app: AppFactory, tmp_path: Path
 ) -> None:
     app = make_app(SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
     response = app.test_client().get("/health/ready")
@@ -79,20 +79,15 @@ def test_startup_waits_for_migrations(client: FlaskClient) -> None:
     )
 
 
-def test_startup_passes_once_migrated(empty_app: Flask) -> None:
-    upgrade()
-    try:
-        response = empty_app.test_client().get("/health/startup")
-        assert response.status_code == 200
-        assert response.json is not None
-        assert set(response.json["checks"]) == {"database", "migrations"}
-    finally:
-        db.session.remove()
-        downgrade(revision="base")
+def test_startup_passes_once_migrated(migrated_app: Flask) -> None:
+    response = migrated_app.test_client().get("/health/startup")
+    assert response.status_code == 200
+    assert response.json is not None
+    assert set(response.json["checks"]) == {"database", "migrations"}
 
 
 def test_startup_fails_without_a_migrations_directory(
-    make_app: Callable[..., Flask], tmp_path: Path
+    make_app: AppFactory, tmp_path: Path
 ) -> None:
     app = make_app(MIGRATIONS_DIRECTORY=str(tmp_path))
     response = app.test_client().get("/health/startup")
@@ -101,6 +96,69 @@ def test_startup_fails_without_a_migrations_directory(
     assert response.json["checks"]["migrations"]["error"] == (
         "no migrations directory found"
     )
+
+
+def test_a_check_that_hangs_fails_at_its_deadline(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(HEALTH_CHECK_TIMEOUT=0.2)
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(10)
+
+    add_check(app, "stuck", stuck)
+    try:
+        response = app.test_client().get("/health/ready")
+    finally:
+        release.set()
+    assert response.status_code == 503
+    assert response.json is not None
+    checks = response.json["checks"]
+    assert checks["stuck"]["error"] == "timed out after 0.2 s"
+    assert checks["stuck"]["status"] == "fail"
+    assert checks["database"]["status"] == "pass"
+
+
+def test_checks_run_at_the_same_time(make_app: AppFactory) -> None:
+    # Each check waits for the other: run one after the other, both would fail.
+    app = make_app(HEALTH_CHECK_TIMEOUT=5)
+    both = threading.Barrier(2, timeout=4)
+
+    def meet() -> None:
+        both.wait()
+
+    add_check(app, "first", meet)
+    add_check(app, "second", meet)
+    response = app.test_client().get("/health/ready")
+    assert response.status_code == 200, response.json
+
+
+def test_probes_answer_while_the_database_hangs(
+    make_app: AppFactory, hung_server: int
+) -> None:
+    # The server accepts connections and never replies; the connect timeout
+    # (5 s) is longer than a check may take.
+    app = make_app(
+        SQLALCHEMY_DATABASE_URI=(
+            f"postgresql+psycopg://app@127.0.0.1:{hung_server}/app?connect_timeout=5"
+        ),
+        HEALTH_CHECK_TIMEOUT=0.5,
+    )
+    client = app.test_client()
+    assert client.get("/health/live").status_code == 200
+    for probe, names in [
+        ("/health/ready", {"database"}),
+        ("/health/startup", {"database", "migrations"}),
+    ]:
+        response = client.get(probe)
+        assert response.status_code == 503
+        assert response.json is not None
+        assert names <= set(response.json["checks"])
+        for name in names:
+            assert response.json["checks"][name]["error"] == "timed out after 0.5 s"
+            # Reported at the deadline, not after the connect timeout.
+            assert response.json["checks"][name]["duration_ms"] < 5000
 
 
 def unreachable_sqlite(tmp_path: Path) -> str:

@@ -98,6 +98,10 @@ def test_list_of_nothing_is_an_empty_page(client: FlaskClient) -> None:
         ("page=0", "page"),
         ("per_page=101", "per_page"),
         ("per_page=abc", "per_page"),
+        ("page=1_0", "page"),
+        ("page=%201", "page"),
+        ("page=1.0", "page"),
+        ("page=%D9%A1", "page"),
         ("sort=name", "sort"),
     ],
 )
@@ -137,6 +141,27 @@ def test_patch_refuses_null_for_required_fields(
     assert error_fields(body) == {field}
 
 
+@pytest.mark.parametrize(
+    ("payload", "field", "code"),
+    [
+        ({"quantity": -1}, "quantity", "greater_than_equal"),
+        ({"quantity": "3"}, "quantity", "int_type"),
+        ({"name": ""}, "name", "string_too_short"),
+        ({"name": 7}, "name", "string_type"),
+        ({"description": 7}, "description", "string_type"),
+        ({"colour": "red"}, "colour", "extra_forbidden"),
+    ],
+)
+def test_patch_names_fields_as_the_client_sent_them(
+    client: FlaskClient, payload: dict[str, Any], field: str, code: str
+) -> None:
+    item = create(client)
+    body = problem(client.patch(f"{ITEMS}/{item['id']}", json=payload), 422)
+    assert body["errors"] == [
+        {"field": field, "message": body["errors"][0]["message"], "code": code}
+    ]
+
+
 def test_patch_needs_at_least_one_field(client: FlaskClient) -> None:
     item = create(client)
     body = problem(client.patch(f"{ITEMS}/{item['id']}", json={}), 422)
@@ -148,6 +173,7 @@ def test_delete_removes_the_item(client: FlaskClient) -> None:
     response = client.delete(f"{ITEMS}/{item['id']}")
     assert response.status_code == 204
     assert response.get_data() == b""
+    assert "Content-Type" not in response.headers
     problem(client.get(f"{ITEMS}/{item['id']}"), 404)
 
 
@@ -158,9 +184,21 @@ def test_missing_item_is_a_404_problem(client: FlaskClient, method: str) -> None
     assert body["detail"] == "Item 4242 does not exist."
 
 
-@pytest.mark.parametrize("item_id", ["0", "-1", "abc", "99999999999999999999"])
+@pytest.mark.parametrize(
+    "item_id",
+    ["0", "-1", "abc", "99999999999999999999", "2147483648", "9999999999"],
+)
 def test_ids_outside_the_valid_range_are_404(client: FlaskClient, item_id: str) -> None:
-    problem(client.get(f"{ITEMS}/{item_id}"), 404)
+    for method in ("get", "patch", "delete"):
+        response = getattr(client, method)(f"{ITEMS}/{item_id}", json={"name": "x"})
+        problem(response, 404)
+
+
+@pytest.mark.parametrize("spelling", ["01", "0001", "%D9%A1", "%EF%BC%91", "+1"])
+def test_an_item_has_one_url(client: FlaskClient, spelling: str) -> None:
+    item = create(client)
+    assert item["id"] == 1
+    problem(client.get(f"{ITEMS}/{spelling}"), 404)
 
 
 def test_malformed_json_is_a_400(client: FlaskClient) -> None:
@@ -222,6 +260,12 @@ def test_body_over_the_limit_is_a_413(app: Flask, client: FlaskClient) -> None:
         ({"name": "Widget", "quantity": -1}, "quantity", "greater_than_equal"),
         ({"name": "Widget", "quantity": 2**31}, "quantity", "less_than_equal"),
         ({"name": "Widget", "description": "a\u0000b"}, "description", None),
+        ({"name": "\ufeff"}, "name", "string_pattern_mismatch"),
+        ({"name": "\u200b\u200b"}, "name", "string_pattern_mismatch"),
+        ({"name": "\u0085"}, "name", "string_pattern_mismatch"),
+        ({"name": "a\u009bb"}, "name", "string_pattern_mismatch"),
+        ({"name": "abc\u202etxt.exe"}, "name", "string_pattern_mismatch"),
+        ({"name": "x", "description": "a\u2066b"}, "description", None),
         ({"name": "Widget", "colour": "red"}, "colour", "extra_forbidden"),
     ],
 )
@@ -243,6 +287,19 @@ def test_validation_errors_do_not_echo_the_input(client: FlaskClient) -> None:
 def test_whole_floats_are_integers(client: FlaskClient) -> None:
     # JSON Schema (and so every OpenAPI client) counts 3.0 as an integer.
     assert create(client, quantity=3.0)["quantity"] == 3
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "\U0001f469\u200d\U0001f4bb",  # an emoji joined by a zero-width joiner
+        "\u0645\u06cc\u200c\u0631\u0648\u0645",  # Persian, with a non-joiner
+        "\u05e9\u05dc\u05d5\u05dd \u200fA",  # Hebrew with a right-to-left mark
+        "Zo\u00eb\u00a0Widget",
+    ],
+)
+def test_names_in_any_script_are_stored(client: FlaskClient, name: str) -> None:
+    assert create(client, name=name)["name"] == name
 
 
 def test_multiline_descriptions_are_allowed(client: FlaskClient) -> None:

@@ -10,6 +10,8 @@ from flask import Flask
 
 from {{ cookiecutter.package_name }}.config import ConfigError
 
+from conftest import close_connections
+
 WSGI = Path(__file__).resolve().parent.parent / "wsgi.py"
 
 
@@ -28,9 +30,10 @@ def test_builds_the_application_with_safe_settings(
 ) -> None:
     monkeypatch.delenv("APP_ENV", raising=False)
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
-    monkeypatch.setenv("SECRET_KEY", "wsgi-test-" + "k3Yq" * 10)
+    monkeypatch.setenv("SECRET_KEY", "wsgi-test-3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga")
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     application = runpy.run_path(str(WSGI))["application"]
     assert isinstance(application, Flask)
+    close_connections(application)
     assert not application.debug
     assert application.config["SECRET_KEY"].startswith("wsgi-test-")

@@ -8,13 +8,14 @@ from typing import Any
 
 from flask import Flask
 
+from . import bodies, database, resilience, security
 from .api import api_bp
 from .cli import register_commands
 from .config import load_config
 from .errors import register_error_handlers
 from .extensions import db, migrate
 from .health import add_check, health_bp
-from .health.checks import check_database, check_migrations
+from .health.checks import check_database, check_migrations, check_redis
 
 
 def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
@@ -31,7 +32,11 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     db.init_app(app)
     migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIRECTORY"])
 
+    security.init_app(app)
     register_error_handlers(app)
+    resilience.init_app(app)
+    database.init_app(app)
+    bodies.init_app(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
     register_commands(app)
@@ -39,6 +44,8 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     add_check(app, "database", check_database)
     add_check(app, "database", check_database, startup=True)
     add_check(app, "migrations", check_migrations, startup=True)
+    if app.config["REDIS_URL"]:
+        add_check(app, "redis", check_redis)
     return app
 
 

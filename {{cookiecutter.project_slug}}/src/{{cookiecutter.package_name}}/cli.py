@@ -20,8 +20,12 @@ REDACTED = "********"
 
 
 def redact(name: str, value: Any) -> str:
-    """Render a setting for humans, hiding secrets and URL passwords."""
-    if value is not None and SECRET_NAME.search(name):
+    """Render a setting for humans, hiding secrets and URL passwords.
+
+    A secret is a text value under a secret-sounding name; a flag or number
+    under such a name (JWT_ACCESS_TOKEN_MINUTES) is not one.
+    """
+    if isinstance(value, str | bytes) and SECRET_NAME.search(name):
         return REDACTED
     text = repr(value)
     if isinstance(value, str) and "://" in value:

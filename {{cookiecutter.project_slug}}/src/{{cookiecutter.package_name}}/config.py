@@ -10,98 +10,329 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
+import click
+from flask.cli import run_command
 from flask.helpers import get_debug_flag
+from limits import parse_many
+from redis import ConnectionPool
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from .secret_key import weakness
 
 ENVIRONMENT_VARIABLE = "APP_ENV"
-MIN_SECRET_KEY_LENGTH = 32
-# Values people paste from examples; a production key must not be one of them.
-PLACEHOLDER_SECRETS = frozenset(
+# What production servers (wsgi.py, gunicorn.conf.py) run when APP_ENV is unset.
+SERVER_CONFIG = "production"
+SERVER_COMMAND = "gunicorn -c gunicorn.conf.py wsgi:application"
+RANDOM_KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+# The URL schemes this project has drivers for, and the SQLAlchemy URL each becomes.
+DATABASE_DRIVERS = {
+    "postgres": "postgresql+psycopg",
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "sqlite": "sqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+}
+SUPPORTED_DATABASES = "postgresql:// (psycopg 3) or sqlite://"
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(click.ClickException):
+    """The configuration is unsafe or invalid; the message names the variable.
+
+    A ClickException, so ``flask`` prints it as one line and exits with status 1;
+    gunicorn.conf.py does the same before any worker starts.
+    """
+
+
+def database_uri(variable: str, url: str, timeouts: Mapping[str, int]) -> str:
+    """Check a database URL from `variable` and complete it for SQLAlchemy.
+
+    Bare PostgreSQL URLs get the psycopg 3 driver, and libpq settings that
+    bound how long a dead or stuck server can hold a request (each unless the
+    URL sets it). The URL is never echoed in an error: it may hold a password.
+    """
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise ConfigError(
+            f"{variable} is not a database URL: use {SUPPORTED_DATABASES}, for "
+            "example postgresql://user:password@host:5432/name"
+        ) from None
+    driver = DATABASE_DRIVERS.get(parsed.drivername)
+    if driver is None:
+        raise ConfigError(
+            f"{variable} uses {parsed.drivername}://, which this project has no "
+            f"driver for: use {SUPPORTED_DATABASES}"
+        )
+    parsed = parsed.set(drivername=driver)
+    if driver.startswith("postgresql"):
+        for name, value in postgresql_settings(timeouts).items():
+            given = parsed.query.get(name)
+            if given is None:
+                parsed = parsed.update_query_dict({name: value})
+            elif name in NUMERIC_LIBPQ_SETTINGS and not str(given).isdigit():
+                raise ConfigError(
+                    f"{variable} sets {name} to something other than a whole number"
+                )
+    return parsed.render_as_string(hide_password=False)
+
+
+# libpq settings the project fills in; those whose value must be a number.
+NUMERIC_LIBPQ_SETTINGS = frozenset(
     {
-        "change-me",
-        "changeme",
-        "dev",
-        "development",
-        "please-change-me",
-        "replace-me",
-        "secret",
-        "secret-key",
-        "your-secret-key",
+        "connect_timeout",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
     }
 )
 
 
-class ConfigError(RuntimeError):
-    """The configuration is unsafe or invalid; the message names the variable."""
+def postgresql_settings(timeouts: Mapping[str, int]) -> dict[str, str]:
+    """libpq settings that turn a dead or stuck server into an error in bounded time.
+
+    - connect_timeout: give up connecting after that many seconds;
+    - keepalives and tcp_user_timeout: notice a vanished server (a network
+      partition) within about a minute, idle or mid-query, instead of the
+      kernel's two hours or fifteen minutes;
+    - statement_timeout: the server cancels a statement that runs, or waits on
+      a lock, for longer (migrations lift it: see migrations/env.py).
+    """
+    return {
+        "connect_timeout": str(timeouts["connect"]),
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+        "options": f"-c statement_timeout={timeouts['statement'] * 1000}",
+    }
 
 
-def normalise_database_url(url: str) -> str:
-    """Point bare PostgreSQL URLs at the psycopg 3 driver that the project ships."""
-    for prefix in ("postgres://", "postgresql://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg://" + url.removeprefix(prefix)
-    return url
-
-
-def with_connect_timeout(url: str, seconds: int) -> str:
-    """Add libpq's connect_timeout to a PostgreSQL URL that does not set one."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql" or "connect_timeout" in parsed.query:
-        return url
-    parsed = parsed.update_query_dict({"connect_timeout": str(seconds)})
-    return parsed.render_as_string(hide_password=False)
-
-
-def env_int(environ: Mapping[str, str], name: str, default: int) -> int:
-    """Read a positive integer variable, or fail naming it."""
-    raw = environ.get(name)
-    if raw is None or raw == "":
+def env_int(
+    environ: Mapping[str, str],
+    name: str,
+    default: int,
+    *,
+    minimum: int = 1,
+    maximum: int | None = None,
+) -> int:
+    """Read an integer variable (positive unless `minimum` says otherwise)."""
+    raw = environ.get(name, "").strip()
+    if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not an integer") from None
-    if value <= 0:
-        raise ConfigError(f"{name}={raw!r} must be a positive integer")
+    if value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"at least {minimum}"
+        raise ConfigError(f"{name}={raw!r} must be {kind}")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}={raw!r} is more than the {maximum} allowed")
     return value
+
+
+def env_rate_limit(environ: Mapping[str, str], name: str, default: str) -> str:
+    """Read a rate limit ("30 per minute", "5/second;100/hour"), or fail naming it."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(
+            f"{name}={raw!r} is not a rate limit (for example: 30 per minute)"
+        ) from None
+    return raw
+
+
+def redis_url(environ: Mapping[str, str], variable: str) -> str | None:
+    """A Redis URL (redis://, rediss:// or unix://) from `variable`, or None."""
+    url = environ.get(variable, "").strip()
+    if not url:
+        return None
+    try:
+        ConnectionPool.from_url(url)  # parses only; connects on first use
+    except ValueError:
+        raise ConfigError(
+            f"{variable} is not a Redis URL: use redis://host:6379/0, "
+            "rediss:// (TLS) or unix:///path/to/socket"
+        ) from None
+    return url
+
+
+def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Read a positive number of seconds, or fail naming the variable."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if not 0 < value < float("inf"):
+        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
+    return value
+
+
+def env_bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
+    """Read a yes/no variable (1/0, true/false, yes/no, on/off), or fail naming it."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ConfigError(f"{name}={raw!r} is not a yes/no value (use true or false)")
+
+
+def env_list(environ: Mapping[str, str], name: str) -> list[str] | None:
+    """Read a comma-separated list; None when the variable is unset or empty."""
+    items = [item.strip() for item in environ.get(name, "").split(",")]
+    return [item for item in items if item] or None
+
+
+def served_by_development_server() -> bool:
+    """Whether the app is being loaded by ``flask run`` (Werkzeug's dev server)."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.command is run_command
 
 
 class Config:
     """Settings shared by every environment."""
 
     NAME: ClassVar[str] = "base"
+    # Whether to make up a per-process SECRET_KEY when none is set. Sessions
+    # signed with it end with the process: fine locally, never in production.
+    # (Lowercase, so it stays out of app.config: it is not a Flask setting.)
+    ephemeral_secret_key: ClassVar[bool] = False
+    # The variable that names this environment's Redis.
+    redis_variable: ClassVar[str] = "REDIS_URL"
 
     DEBUG = False
     TESTING = False
     SECRET_KEY: str | None = None
-    # Whether to make up a per-process SECRET_KEY when none is set. Sessions
-    # signed with it end with the process: fine locally, never in production.
-    EPHEMERAL_SECRET_KEY: ClassVar[bool] = False
     # Relative SQLite paths live in the instance folder (Flask-SQLAlchemy 3).
     SQLALCHEMY_DATABASE_URI = "sqlite:///app.db"
-    # Check pooled connections before use: survives database restarts.
-    SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {"pool_pre_ping": True}
+    # Check pooled connections before use (survives database restarts); keep
+    # bound parameters (what clients sent) out of error messages and logs.
+    SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {
+        "pool_pre_ping": True,
+        "hide_parameters": True,
+    }
     # Seconds to wait for a PostgreSQL connection, so a health check or request
     # fails fast instead of hanging on an unreachable server.
     DATABASE_CONNECT_TIMEOUT = 5
-    # Request bodies above this many bytes are refused with 413.
+    # Seconds PostgreSQL lets one statement run (or wait on a lock) before it
+    # cancels it, so a request cannot hang on a locked table.
+    DATABASE_STATEMENT_TIMEOUT = 30
+    # Request bodies above this many bytes are refused with 413, chunked or not.
     MAX_CONTENT_LENGTH = 1024 * 1024
+    # A JSON object in a request body may have at most this many members, so
+    # that validating (and reporting on) a body stays cheap.
+    MAX_JSON_OBJECT_MEMBERS = 100
     # Where Flask-Migrate finds alembic.ini, env.py and versions/.
     MIGRATIONS_DIRECTORY = "migrations"
+    # Seconds each readiness or startup check may take before it counts as failed.
+    HEALTH_CHECK_TIMEOUT = 2.0
+    # Seconds a client is asked to wait (Retry-After) after a 503 that has no
+    # better estimate, such as while the database is unavailable.
+    RETRY_AFTER_UNAVAILABLE = 5
+    # Serve /api/docs and /api/openapi.json.
+    API_DOCS_ENABLED = True
+    # Host names the app answers to (None: any). Set it behind a proxy that
+    # passes arbitrary Host headers through.
+    TRUSTED_HOSTS: list[str] | None = None
+    # --- Resilience (resilience/; README "Resilience") ---
+    # Redis for rate-limit counters, breaker state, idempotency keys and the
+    # cache. None: process memory, which is correct for one worker only.
+    REDIS_URL: str | None = None
+    # Every key this service writes to Redis starts with this, so services (or
+    # test runs) that share a Redis never collide.
+    REDIS_KEY_PREFIX = __package__ or "app"
+    # Seconds to wait for Redis before counting it as down.
+    REDIS_TIMEOUT = 0.5
+    # The limit of every view that has no policy of its own (health probes are
+    # exempt), per client.
+    RATELIMIT_DEFAULT = "600 per minute"
+    RATE_LIMITS_ENABLED = True
+    # How many proxies in front set X-Forwarded-For and -Proto: 0 trusts none.
+    TRUSTED_PROXIES = 0
+    # Requests one worker process serves at once; more are shed with 503.
+    MAX_IN_FLIGHT = 3
+    # Seconds an idempotency key and its stored answer are kept.
+    IDEMPOTENCY_TTL = 24 * 60 * 60
+    # Named policies for @protected(name): a rate limit (POLICY_LIMIT_<NAME>
+    # overrides it), a circuit breaker, idempotency keys for unsafe methods.
+    RESILIENCE_POLICIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+        {
+            "read": {"limit": "300 per minute"},
+            "write": {"limit": "60 per minute", "idempotency": True},
+            "pricing": {"limit": "120 per minute", "breaker": "pricing"},
+        }
+    )
+    # Circuit breakers by name; "exclude" lists exceptions (relative to the
+    # package) that are not failures, such as an upstream's 4xx answer.
+    CIRCUIT_BREAKERS: ClassVar[dict[str, dict[str, Any]]] = {
+        "pricing": {
+            "fail_max": 5,
+            "reset_timeout": 30,
+            "exclude": ["services.http.UpstreamClientError"],
+        },
+    }
+    # Flask-Caching: in-process by default, Redis with REDIS_URL.
+    CACHE_TYPE = "SimpleCache"
+    CACHE_DEFAULT_TIMEOUT = 60
+    # The example upstream (services/pricing.py); unset: prices are unavailable.
+    PRICING_URL: str | None = None
+    # Seconds to wait for the pricing service to answer (connecting: 1 s).
+    PRICING_TIMEOUT = 2.0
+
+    SESSION_COOKIE_HTTPONLY = True
+    SESSION_COOKIE_SAMESITE = "Lax"
+    SESSION_COOKIE_SECURE = False
+    PREFERRED_URL_SCHEME = "http"
+    # Sent with every response unless a view sets the header itself. The docs
+    # page loads only same-origin files and has no inline script or style.
+    SECURITY_HEADERS: ClassVar[dict[str, str]] = {
+        "Content-Security-Policy": (
+            "default-src 'self'; img-src 'self' data:; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        ),
+        "X-Content-Type-Options": "nosniff",
+        "X-Frame-Options": "DENY",
+        "Referrer-Policy": "no-referrer",
+        "Cross-Origin-Opener-Policy": "same-origin",
+        "Cross-Origin-Resource-Policy": "same-origin",
+    }
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.SECRET_KEY = environ.get("SECRET_KEY") or None
-        if not self.SECRET_KEY and self.EPHEMERAL_SECRET_KEY:
+        if not self.SECRET_KEY and self.ephemeral_secret_key:
             self.SECRET_KEY = secrets.token_urlsafe(48)
-        database_url = self.database_url(environ)
         self.DATABASE_CONNECT_TIMEOUT = env_int(
             environ, "DATABASE_CONNECT_TIMEOUT", self.DATABASE_CONNECT_TIMEOUT
         )
-        if database_url:
-            self.SQLALCHEMY_DATABASE_URI = with_connect_timeout(
-                normalise_database_url(database_url), self.DATABASE_CONNECT_TIMEOUT
+        self.DATABASE_STATEMENT_TIMEOUT = env_int(
+            environ, "DATABASE_STATEMENT_TIMEOUT", self.DATABASE_STATEMENT_TIMEOUT
+        )
+        variable, url = self.database_url(environ)
+        if url:
+            self.SQLALCHEMY_DATABASE_URI = database_uri(
+                variable,
+                url,
+                {
+                    "connect": self.DATABASE_CONNECT_TIMEOUT,
+                    "statement": self.DATABASE_STATEMENT_TIMEOUT,
+                },
             )
         self.MAX_CONTENT_LENGTH = env_int(
             environ, "MAX_CONTENT_LENGTH", self.MAX_CONTENT_LENGTH
@@ -109,11 +340,58 @@ class Config:
         self.MIGRATIONS_DIRECTORY = environ.get(
             "MIGRATIONS_DIRECTORY", self.MIGRATIONS_DIRECTORY
         )
+        self.HEALTH_CHECK_TIMEOUT = env_seconds(
+            environ, "HEALTH_CHECK_TIMEOUT", self.HEALTH_CHECK_TIMEOUT
+        )
+        self.API_DOCS_ENABLED = env_bool(
+            environ, "API_DOCS_ENABLED", default=self.API_DOCS_ENABLED
+        )
+        self.TRUSTED_HOSTS = env_list(environ, "TRUSTED_HOSTS")
+        self.resilience_settings(environ)
+
+    def resilience_settings(self, environ: Mapping[str, str]) -> None:
+        """REDIS_URL switches every shared state store to Redis at once."""
+        self.REDIS_URL = redis_url(environ, self.redis_variable)
+        self.REDIS_KEY_PREFIX = environ.get("REDIS_KEY_PREFIX") or self.REDIS_KEY_PREFIX
+        # (The test suite's NullCache stays: cache tests choose their cache.)
+        if self.REDIS_URL and self.CACHE_TYPE != "NullCache":
+            self.CACHE_TYPE = f"{__package__}.resilience.redis_cache.SafeRedisCache"
+        self.RATELIMIT_DEFAULT = env_rate_limit(
+            environ, "RATELIMIT_DEFAULT", self.RATELIMIT_DEFAULT
+        )
+        self.RESILIENCE_POLICIES = {
+            name: {
+                **policy,
+                "limit": env_rate_limit(
+                    environ,
+                    f"POLICY_LIMIT_{name.upper().replace('-', '_')}",
+                    policy.get("limit", ""),
+                ),
+            }
+            for name, policy in self.RESILIENCE_POLICIES.items()
+        }
+        self.TRUSTED_PROXIES = env_int(
+            environ, "TRUSTED_PROXIES", self.TRUSTED_PROXIES, minimum=0, maximum=10
+        )
+        # By default one thread of each Gunicorn worker stays free for probes.
+        threads = env_int(environ, "GUNICORN_THREADS", 4, maximum=64)
+        self.MAX_IN_FLIGHT = env_int(
+            environ, "MAX_IN_FLIGHT", max(1, threads - 1), maximum=10_000
+        )
+        self.IDEMPOTENCY_TTL = env_int(environ, "IDEMPOTENCY_TTL", self.IDEMPOTENCY_TTL)
+        self.PRICING_URL = environ.get("PRICING_URL") or None
+        self.PRICING_TIMEOUT = env_seconds(
+            environ, "PRICING_TIMEOUT", self.PRICING_TIMEOUT
+        )
 
     @staticmethod
-    def database_url(environ: Mapping[str, str]) -> str | None:
-        """The database this environment uses, when the environment names one."""
-        return environ.get("DATABASE_URL")
+    def database_url(environ: Mapping[str, str]) -> tuple[str, str | None]:
+        """The variable naming this environment's database, and its value."""
+        return "DATABASE_URL", environ.get("DATABASE_URL")
+
+    def settings(self) -> dict[str, Any]:
+        """The Flask settings this object holds, as ``app.config`` would get them."""
+        return {name: getattr(self, name) for name in dir(self) if name.isupper()}
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> None:
@@ -125,57 +403,65 @@ class DevelopmentConfig(Config):
 
     NAME = "development"
     DEBUG = True
-    EPHEMERAL_SECRET_KEY = True
+    ephemeral_secret_key = True
 
 
 class TestingConfig(Config):
-    """The test suite: in-memory SQLite unless TEST_DATABASE_URL names another."""
+    """The test suite: in-memory SQLite unless TEST_DATABASE_URL names another.
+
+    Rate limits are off and the cache keeps nothing, so tests do not depend on
+    each other; the tests of those features turn them on.
+    """
 
     NAME = "testing"
     TESTING = True
-    EPHEMERAL_SECRET_KEY = True
+    ephemeral_secret_key = True
     SQLALCHEMY_DATABASE_URI = "sqlite://"
+    RATE_LIMITS_ENABLED = False
+    CACHE_TYPE = "NullCache"
+    CACHE_NO_NULL_WARNING = True
+    # Never REDIS_URL: tests write to (and clear) the Redis they are given.
+    redis_variable = "TEST_REDIS_URL"
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        super().__init__(environ)
+        # Each test app gets keys of its own in a shared TEST_REDIS_URL.
+        self.REDIS_KEY_PREFIX = f"{self.REDIS_KEY_PREFIX}-test-{secrets.token_hex(6)}"
 
     @staticmethod
-    def database_url(environ: Mapping[str, str]) -> str | None:
+    def database_url(environ: Mapping[str, str]) -> tuple[str, str | None]:
         # Never DATABASE_URL: a test run must not touch a real database by accident.
-        return environ.get("TEST_DATABASE_URL")
+        return "TEST_DATABASE_URL", environ.get("TEST_DATABASE_URL")
 
 
 class ProductionConfig(Config):
-    """Production: refuses to start with unsafe settings."""
+    """Production: safe defaults, and a refusal to start with unsafe settings."""
 
     NAME = "production"
+    SESSION_COOKIE_SECURE = True
+    PREFERRED_URL_SCHEME = "https"
+    SECURITY_HEADERS: ClassVar[dict[str, str]] = {
+        **Config.SECURITY_HEADERS,
+        "Strict-Transport-Security": "max-age=63072000; includeSubDomains",
+    }
 
     @staticmethod
-    def database_url(environ: Mapping[str, str]) -> str | None:
+    def database_url(environ: Mapping[str, str]) -> tuple[str, str | None]:
         url = environ.get("DATABASE_URL")
         if not url:
             raise ConfigError(
                 "DATABASE_URL is not set: production needs an explicit database "
                 "(for example postgresql://user:password@host:5432/name)"
             )
-        return url
+        return "DATABASE_URL", url
 
     @classmethod
     def validate(cls, config: Mapping[str, Any]) -> None:
-        secret_key = config.get("SECRET_KEY")
-        if not secret_key:
+        problem = weakness(config.get("SECRET_KEY"))
+        if problem:
             raise ConfigError(
-                "SECRET_KEY is not set: production needs a random secret of at least "
-                f"{MIN_SECRET_KEY_LENGTH} characters "
-                "(python -c 'import secrets; print(secrets.token_urlsafe(48))')"
-            )
-        secret = str(secret_key)
-        lowered = secret.strip().lower()
-        if lowered in PLACEHOLDER_SECRETS or any(
-            marker in lowered for marker in ("change-me", "changeme", "change_me")
-        ):
-            raise ConfigError("SECRET_KEY is a placeholder: generate a random one")
-        if len(secret) < MIN_SECRET_KEY_LENGTH:
-            raise ConfigError(
-                f"SECRET_KEY is too short ({len(secret)} characters): production needs "
-                f"at least {MIN_SECRET_KEY_LENGTH}"
+                f"SECRET_KEY {problem}: production needs a random key, such as "
+                f"{RANDOM_KEY_COMMAND} prints"
             )
         if config.get("DEBUG") or get_debug_flag():
             raise ConfigError(
@@ -184,6 +470,11 @@ class ProductionConfig(Config):
             )
         if config.get("TESTING"):
             raise ConfigError("TESTING is on: production must not run in testing mode")
+        if served_by_development_server():
+            raise ConfigError(
+                "`flask run` is the development server and never serves production: "
+                f"run `{SERVER_COMMAND}` (or set APP_ENV=development)"
+            )
 
 
 CONFIGS: dict[str, type[Config]] = {
@@ -207,3 +498,20 @@ def load_config(
             f"(choose one of: {valid})"
         ) from None
     return config_class(env)
+
+
+def server_config_name(environ: Mapping[str, str] | None = None) -> str:
+    """The configuration a production server runs: $APP_ENV, else production."""
+    env = os.environ if environ is None else environ
+    return env.get(ENVIRONMENT_VARIABLE) or SERVER_CONFIG
+
+
+def check_server_config(environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate what a server would run, without building an app.
+
+    gunicorn.conf.py calls this in the master process, so a refusal is one line
+    before any worker starts, instead of a traceback in every worker.
+    """
+    config = load_config(server_config_name(environ), environ)
+    config.validate(config.settings())
+    return config

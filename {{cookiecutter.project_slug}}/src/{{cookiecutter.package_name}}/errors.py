@@ -1,8 +1,9 @@
 """One JSON shape for every error: RFC 9457 problem details.
 
 HTTP errors keep their status and headers (Allow, Retry-After, ...); request
-validation failures list every bad field; anything unexpected is logged with its
-traceback and answered with a bare 500 that reveals nothing.
+validation failures name the bad fields (a bounded list that never echoes input);
+anything unexpected is logged with its traceback and answered with a bare 500
+that reveals nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# A 422 names at most this many fields, each path cut to this many characters,
+# so a body full of bad or unknown fields cannot make a large answer.
+MAX_FIELD_ERRORS = 20
+MAX_FIELD_PATH_LENGTH = 100
+# Statuses a client may retry after waiting: their problems carry Retry-After.
+RETRYABLE_STATUSES = frozenset({429, 503})
 
 
 class FieldError(BaseModel):
@@ -47,27 +54,49 @@ class ValidationProblem(Problem):
 class RequestValidationError(Exception):
     """The request's body or query string did not match its model."""
 
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__(f"{len(errors)} invalid field(s)")
+    def __init__(self, errors: list[FieldError], total: int | None = None) -> None:
+        self.total = len(errors) if total is None else total
+        super().__init__(f"{self.total} invalid field(s)")
         self.errors = errors
 
 
 def field_errors(error: ValidationError) -> list[FieldError]:
-    """Flatten pydantic's errors into field path, message and code."""
+    """Flatten pydantic's errors into field path, message and code (at most 20).
+
+    Paths are the client's own field names and list indexes; the input values
+    are left out, since a message about a value must not repeat it.
+    """
     return [
         FieldError(
-            field=".".join(str(part) for part in detail["loc"]) or "body",
+            field=field_path(detail["loc"]),
             message=detail["msg"],
             code=detail["type"],
         )
-        for detail in error.errors(include_url=False, include_context=False)
+        for detail in error.errors(
+            include_url=False, include_context=False, include_input=False
+        )[:MAX_FIELD_ERRORS]
     ]
 
 
+def field_path(location: tuple[str | int, ...]) -> str:
+    """``("items", 0, "name")`` as ``items.0.name``, cut to a bounded length."""
+    path = ".".join(str(part) for part in location) or "body"
+    if len(path) > MAX_FIELD_PATH_LENGTH:
+        return path[: MAX_FIELD_PATH_LENGTH - 3] + "..."
+    return path
+
+
 def problem_response(
-    status: int, detail: str, *, errors: list[FieldError] | None = None
+    status: int,
+    detail: str,
+    *,
+    errors: list[FieldError] | None = None,
 ) -> Response:
-    """Build a problem+json response for `status`."""
+    """Build a problem+json response for `status`.
+
+    A 429 or 503 always says when to retry (RETRY_AFTER_UNAVAILABLE seconds,
+    unless the error that caused it carries its own Retry-After).
+    """
     title = title_of(status)
     problem: Problem
     if errors is None:
@@ -76,9 +105,14 @@ def problem_response(
         problem = ValidationProblem(
             title=title, status=status, detail=detail, errors=errors
         )
-    return current_app.response_class(
+    response = current_app.response_class(
         problem.model_dump_json(), status=status, mimetype=PROBLEM_MEDIA_TYPE
     )
+    if status in RETRYABLE_STATUSES:
+        response.headers["Retry-After"] = str(
+            current_app.config["RETRY_AFTER_UNAVAILABLE"]
+        )
+    return response
 
 
 def handle_http_exception(error: HTTPException) -> Response:
@@ -93,16 +127,19 @@ def handle_http_exception(error: HTTPException) -> Response:
 
 
 def handle_validation_error(error: RequestValidationError) -> Response:
-    """Answer 422 naming every invalid field."""
-    return problem_response(
-        422, "The request did not match the expected shape.", errors=error.errors
-    )
+    """Answer 422 naming the invalid fields."""
+    detail = "The request did not match the expected shape."
+    listed = len(error.errors)
+    if error.total > listed:
+        detail += f" {error.total} fields are invalid; the first {listed} are listed."
+    return problem_response(422, detail, errors=error.errors)
 
 
 def handle_unexpected_error(error: Exception) -> Response:
     """Log the traceback server-side; tell the client nothing about it."""
+    # %r: a path may hold (decoded) newlines that would forge log lines.
     current_app.logger.error(
-        "Unhandled exception on %s %s", request.method, request.path, exc_info=error
+        "Unhandled exception on %s %r", request.method, request.path, exc_info=error
     )
     return problem_response(500, "The server could not complete the request.")
 
@@ -123,7 +160,7 @@ def reject_invalid_request(
     if error is None:
         return
     if isinstance(error, ValidationError):
-        raise RequestValidationError(field_errors(error))
+        raise RequestValidationError(field_errors(error), error.error_count())
     raise error
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import metadata
 
+from flask_caching import Cache
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from spectree import SpecTree
@@ -11,8 +12,12 @@ from spectree import SpecTree
 from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
 from .models import Base
 
-db = SQLAlchemy(model_class=Base)
+# Objects keep their loaded values after commit: a view builds its answer from
+# what it wrote, instead of reloading a row a concurrent request may delete.
+db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
+# Configured by CACHE_TYPE: in-process, Redis (REDIS_URL), or nothing in tests.
+cache = Cache()
 
 # Description and version come from pyproject.toml, their single source.
 DISTRIBUTION = metadata("{{ cookiecutter.project_slug }}")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from flask import Blueprint, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
+from ..bodies import json_body_problem
 from .docs import docs_bp
 from .items import items_bp
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
 
 api_bp = Blueprint("api", __name__, url_prefix="/api")
 api_bp.register_blueprint(items_bp)
@@ -24,11 +26,11 @@ def require_json_object() -> None:
         raise UnsupportedMediaType(
             "Send the request body as JSON with Content-Type: application/json."
         )
-    # Reading the body enforces MAX_CONTENT_LENGTH first (413, not a BadRequest).
     try:
         body = request.get_json()
-    except BadRequest:
-        raise BadRequest("The request body is not valid JSON.") from None
+    except BadRequest as error:
+        reason = json_body_problem(error) or "The request body is not valid JSON."
+        raise BadRequest(reason) from None
     except RecursionError:
         # json.loads gives up on deep nesting ([[[[...) with RecursionError.
         raise BadRequest("The request body is nested too deeply.") from None

@@ -1,33 +1,32 @@
 """The OpenAPI 3.1 document and the interactive docs that read it.
 
 Swagger UI's files come from the swagger-ui-py package and are served by this
-blueprint, so the docs work offline and behind a strict firewall (no CDN).
+blueprint, so the docs work offline and behind a strict firewall (no CDN). Only
+the two files the page loads are served, under a versioned URL that browsers
+may cache for a year. API_DOCS_ENABLED=false turns all of it off.
 """
 
 from __future__ import annotations
 
 import copy
+from importlib.metadata import version
 from importlib.resources import files
 from typing import Any
 
-from flask import Blueprint, Response, current_app, url_for
+from flask import Blueprint, Response, abort, current_app, send_from_directory, url_for
 from markupsafe import escape
 
-from ..errors import PROBLEM_MEDIA_TYPE
 from ..extensions import spec
 
 SWAGGER_UI_ASSETS = str(files("swagger_ui").joinpath("static"))
-PROBLEM_SCHEMAS = (
-    "#/components/schemas/Problem",
-    "#/components/schemas/ValidationProblem",
-)
+# Part of every asset URL: an upgrade changes the URLs, so caches never go stale.
+SWAGGER_UI_VERSION = version("swagger-ui-py")
+# What the docs page loads. The package also ships editor bundles, source maps
+# and an OAuth redirect page; none of them is served.
+DOCS_ASSETS = frozenset({"swagger-ui.css", "swagger-ui-bundle.js"})
+ASSET_MAX_AGE = 365 * 24 * 60 * 60
 
-docs_bp = Blueprint(
-    "docs",
-    __name__,
-    static_folder=SWAGGER_UI_ASSETS,
-    static_url_path="/docs/assets",
-)
+docs_bp = Blueprint("docs", __name__)
 
 DOCS_PAGE = """<!doctype html>
 <html lang="en">
@@ -46,45 +45,47 @@ DOCS_PAGE = """<!doctype html>
 """
 
 # Kept out of the page so a Content-Security-Policy without 'unsafe-inline' works.
+# validatorUrl: null stops Swagger UI from sending the document to a public
+# validator service.
 DOCS_INIT = """window.addEventListener("load", function () {
   var root = document.getElementById("swagger-ui");
   window.ui = SwaggerUIBundle({
     url: root.dataset.specUrl,
     dom_id: "#swagger-ui",
     deepLinking: true,
+    validatorUrl: null,
   });
 });
 """
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI document spectree builds, adjusted to what the API really does.
+@docs_bp.before_request
+def require_docs_enabled() -> None:
+    """Answer 404 for every docs URL when API_DOCS_ENABLED is off."""
+    if not current_app.config["API_DOCS_ENABLED"]:
+        abort(404)
 
-    Problem responses are declared as application/problem+json, and the 422 that
-    spectree adds to every operation is kept only where there is input to reject.
+
+def openapi_document() -> dict[str, Any]:
+    """The OpenAPI document spectree builds, with 422 only where there is input.
+
+    spectree adds a 422 to every operation; it is dropped from operations that
+    take no body, query string or header parameter, since nothing there can
+    fail validation.
     """
     cache = current_app.extensions.setdefault("openapi_document", {})
     if "document" not in cache:
         document = copy.deepcopy(spec.spec)
         for operations in document["paths"].values():
             for operation in operations.values():
-                adjust_operation(operation)
+                takes_input = "requestBody" in operation or any(
+                    parameter["in"] in {"query", "header"}
+                    for parameter in operation["parameters"]
+                )
+                if not takes_input:
+                    operation["responses"].pop("422", None)
         cache["document"] = document
     return cache["document"]  # type: ignore[no-any-return]
-
-
-def adjust_operation(operation: dict[str, Any]) -> None:
-    responses = operation["responses"]
-    takes_input = "requestBody" in operation or any(
-        parameter["in"] == "query" for parameter in operation["parameters"]
-    )
-    if not takes_input:
-        responses.pop("422", None)
-    for response in responses.values():
-        content = response.get("content", {})
-        body = content.get("application/json")
-        if body and body["schema"].get("$ref") in PROBLEM_SCHEMAS:
-            content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
 
 
 @docs_bp.get("/openapi.json")
@@ -98,9 +99,9 @@ def docs() -> str:
     """Serve the interactive API documentation."""
     return DOCS_PAGE.format(
         title=escape(spec.config.title),
-        stylesheet=url_for(".static", filename="swagger-ui.css"),
+        stylesheet=asset_url("swagger-ui.css"),
         spec_url=url_for(".openapi_json"),
-        bundle=url_for(".static", filename="swagger-ui-bundle.js"),
+        bundle=asset_url("swagger-ui-bundle.js"),
         init=url_for(".docs_init"),
     )
 
@@ -109,3 +110,18 @@ def docs() -> str:
 def docs_init() -> Response:
     """The script that starts Swagger UI on the docs page."""
     return current_app.response_class(DOCS_INIT, mimetype="text/javascript")
+
+
+def asset_url(name: str) -> str:
+    return url_for(".docs_asset", release=SWAGGER_UI_VERSION, name=name)
+
+
+@docs_bp.get("/docs/assets/<release>/<name>")
+def docs_asset(release: str, name: str) -> Response:
+    """Serve one of Swagger UI's files, cacheable for a year."""
+    if release != SWAGGER_UI_VERSION or name not in DOCS_ASSETS:
+        abort(404)
+    response = send_from_directory(SWAGGER_UI_ASSETS, name, max_age=ASSET_MAX_AGE)
+    response.cache_control.public = True
+    response.cache_control.immutable = True
+    return response

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+from typing import Any, NoReturn
 
 from flask import Blueprint, Response, abort, url_for
-from spectree import Response as Responses
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select, update
 
 from ..errors import Problem
-from ..extensions import db, spec
+from ..extensions import cache, db, spec
 from ..models import Item
+from ..openapi import LOCATION, Responses
+from ..resilience import IdempotencyKeyHeader, protected
+from ..services.pricing import Price, price_of
 from .schemas import ItemCreate, ItemOut, ItemPage, ItemUpdate, PageQuery
 
 items_bp = Blueprint("items", __name__, url_prefix="/v1/items")
@@ -22,37 +25,59 @@ ITEM_URL = "/<int:item_id>"
 TAGS = ["items"]
 
 
-def get_item_or_404(item_id: int) -> Item:
-    item = db.session.get(Item, item_id) if item_id in ID_RANGE else None
-    if item is None:
-        abort(404, description=f"Item {item_id} does not exist.")
-    return item
+def not_found(item_id: int) -> NoReturn:
+    abort(404, description=f"Item {item_id} does not exist.")
 
 
-@items_bp.get("")
-@spec.validate(resp=Responses(HTTP_200=ItemPage), tags=TAGS, operation_id="list_items")
-def list_items(query: PageQuery) -> ItemPage:
-    """List items, oldest first, one page at a time."""
+@cache.memoize()
+def items_page(page: int, per_page: int) -> dict[str, Any]:
+    """One page of items, as JSON data: cached per (page, per_page).
+
+    Every write calls forget_pages(), so a cached page is never older than the
+    last write (in this process without Redis, in every worker with it).
+    """
     total = db.session.scalar(select(func.count()).select_from(Item)) or 0
     rows = db.session.scalars(
-        select(Item)
-        .order_by(Item.id)
-        .limit(query.per_page)
-        .offset((query.page - 1) * query.per_page)
+        select(Item).order_by(Item.id).limit(per_page).offset((page - 1) * per_page)
     )
     return ItemPage(
         items=[ItemOut.model_validate(row) for row in rows],
-        page=query.page,
-        per_page=query.per_page,
+        page=page,
+        per_page=per_page,
         total=total,
-        pages=math.ceil(total / query.per_page),
-    )
+        pages=math.ceil(total / per_page),
+    ).model_dump(mode="json")
+
+
+def forget_pages() -> None:
+    cache.delete_memoized(items_page)
+
+
+@items_bp.get("")
+@protected("read")
+@spec.validate(
+    resp=Responses(HTTP_200=ItemPage, HTTP_429=Problem, HTTP_503=Problem),
+    tags=TAGS,
+    operation_id="list_items",
+)
+def list_items(query: PageQuery) -> ItemPage:
+    """List items, oldest first, one page at a time."""
+    return ItemPage.model_validate(items_page(query.page, query.per_page))
 
 
 @items_bp.post("")
+@protected("write")
 @spec.validate(
+    headers=IdempotencyKeyHeader,
     resp=Responses(
-        HTTP_201=ItemOut, HTTP_400=Problem, HTTP_413=Problem, HTTP_415=Problem
+        HTTP_201=ItemOut,
+        HTTP_400=Problem,
+        HTTP_409=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+        headers={201: {"Location": LOCATION}},
     ),
     tags=TAGS,
     operation_id="create_item",
@@ -61,51 +86,101 @@ def create_item(json: ItemCreate) -> tuple[ItemOut, int, dict[str, str]]:
     """Create an item."""
     item = Item(**json.model_dump())
     db.session.add(item)
+    db.session.flush()
+    created = ItemOut.model_validate(item)
     db.session.commit()
-    location = url_for(".get_item", item_id=item.id)
-    return ItemOut.model_validate(item), 201, {"Location": location}
+    forget_pages()
+    # Built before the commit: a concurrent DELETE cannot turn a stored item
+    # into an error answer.
+    return created, 201, {"Location": url_for(".get_item", item_id=created.id)}
 
 
 @items_bp.get(ITEM_URL)
+@protected("read")
 @spec.validate(
-    resp=Responses(HTTP_200=ItemOut, HTTP_404=Problem),
+    resp=Responses(
+        HTTP_200=ItemOut, HTTP_404=Problem, HTTP_429=Problem, HTTP_503=Problem
+    ),
     tags=TAGS,
     operation_id="get_item",
 )
 def get_item(item_id: int) -> ItemOut:
     """Fetch one item."""
-    return ItemOut.model_validate(get_item_or_404(item_id))
+    item = db.session.get(Item, item_id) if item_id in ID_RANGE else None
+    if item is None:
+        not_found(item_id)
+    return ItemOut.model_validate(item)
 
 
 @items_bp.patch(ITEM_URL)
+@protected("write")
 @spec.validate(
+    headers=IdempotencyKeyHeader,
     resp=Responses(
         HTTP_200=ItemOut,
         HTTP_400=Problem,
         HTTP_404=Problem,
+        HTTP_409=Problem,
         HTTP_413=Problem,
         HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
     ),
     tags=TAGS,
     operation_id="update_item",
 )
 def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
     """Change some fields of an item."""
-    item = get_item_or_404(item_id)
-    for field, value in json.model_dump(exclude_unset=True).items():
-        setattr(item, field, value)
+    # One UPDATE ... RETURNING: no read-then-write window for a concurrent DELETE.
+    statement = (
+        update(Item).where(Item.id == item_id).values(json.model_dump()).returning(Item)
+    )
+    item = db.session.scalars(statement).one_or_none() if item_id in ID_RANGE else None
+    if item is None:
+        not_found(item_id)
+    updated = ItemOut.model_validate(item)
     db.session.commit()
-    return ItemOut.model_validate(item)
+    forget_pages()
+    return updated
 
 
 @items_bp.delete(ITEM_URL)
+@protected("write")
 @spec.validate(
-    resp=Responses(HTTP_204=None, HTTP_404=Problem),
+    headers=IdempotencyKeyHeader,
+    resp=Responses(
+        HTTP_204=None,
+        HTTP_404=Problem,
+        HTTP_409=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
     tags=TAGS,
     operation_id="delete_item",
 )
 def delete_item(item_id: int) -> tuple[Response, int]:
     """Delete an item."""
-    db.session.delete(get_item_or_404(item_id))
+    statement = delete(Item).where(Item.id == item_id).returning(Item.id)
+    deleted = db.session.scalar(statement) if item_id in ID_RANGE else None
+    if deleted is None:
+        not_found(item_id)
     db.session.commit()
+    forget_pages()
     return Response(status=204), 204
+
+
+@items_bp.get(f"{ITEM_URL}/price")
+@protected("pricing")
+@spec.validate(
+    resp=Responses(
+        HTTP_200=Price, HTTP_404=Problem, HTTP_429=Problem, HTTP_503=Problem
+    ),
+    tags=TAGS,
+    operation_id="get_item_price",
+)
+def get_item_price(item_id: int) -> Price:
+    """The item's price from the pricing service (the last known one if it fails)."""
+    exists = db.session.get(Item, item_id) if item_id in ID_RANGE else None
+    if exists is None:
+        not_found(item_id)
+    return price_of(item_id)

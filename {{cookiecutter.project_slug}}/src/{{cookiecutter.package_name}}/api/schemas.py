@@ -6,35 +6,48 @@ from datetime import datetime
 from typing import Annotated, Self
 
 from pydantic import (
+    MISSING,
     BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from ..models.item import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, QUANTITY_MAX
 
+# Character classes are spelt out (no \s): clients check these patterns with
+# JavaScript's regex engine, which disagrees with Python's about \s.
+# Control characters (C0, DEL, C1), the bidirectional overrides and isolates
+# that make text display in another order than it is stored, and the BOM.
+CONTROL = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff"
+# Spaces and zero-width characters: allowed, but they do not make a name visible.
+BLANK = (
+    r"\x20\xa0\u00ad\u1680\u180e\u2000-\u200f\u2028\u2029\u202f\u205f"
+    r"\u2060-\u2065\u3000"
+)
+
 # At least one visible character and no control characters: every database can
-# store it and every terminal can print it.
+# store it and every terminal shows it as stored.
 Name = Annotated[
     str,
     StringConstraints(
         min_length=1,
         max_length=NAME_MAX_LENGTH,
-        pattern=r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$",
+        pattern=rf"^[^{CONTROL}]*[^{CONTROL}{BLANK}][^{CONTROL}]*$",
     ),
 ]
-# Free text: newlines and tabs are fine, other control characters (NUL) are not.
+# Free text: newlines, carriage returns and tabs are fine, other controls are not.
 Description = Annotated[
     str,
     StringConstraints(
         max_length=DESCRIPTION_MAX_LENGTH,
-        pattern=r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$",
+        pattern=(
+            r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
+            r"\u202a-\u202e\u2066-\u2069\ufeff]*$"
+        ),
     ),
 ]
 
@@ -68,22 +81,18 @@ class ItemCreate(RequestModel):
 
 
 class ItemUpdate(RequestModel):
-    """A partial update: send only the fields that change (at least one)."""
+    """A partial update: send only the fields that change (at least one).
+
+    An absent field is MISSING, meaning "leave it as it is": it has no default in
+    the schema and model_dump() leaves it out. null clears the description and is
+    refused for the name and the quantity, which cannot be empty.
+    """
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    # null is not a valid name or quantity; SkipJsonSchema keeps it out of the docs.
-    name: Name | SkipJsonSchema[None] = None
-    description: Description | None = None
-    quantity: Quantity | SkipJsonSchema[None] = None
-
-    @field_validator("name", "quantity")
-    @classmethod
-    def reject_null(cls, value: str | int | None) -> str | int:
-        # Runs only for fields the client sent, so omitted fields stay None.
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    name: Name | MISSING = MISSING
+    description: Description | MISSING | None = MISSING
+    quantity: Quantity | MISSING = MISSING
 
     @model_validator(mode="after")
     def require_a_field(self) -> Self:
@@ -92,13 +101,29 @@ class ItemUpdate(RequestModel):
         return self
 
 
+def query_integer(value: object) -> object:
+    """A number in a query string as people write it: the digits 0-9 only.
+
+    Python's int() also reads "1_0", " 1" and digits of other scripts; each
+    would be one more URL for the same page.
+    """
+    if isinstance(value, str) and not (value.isascii() and value.isdigit()):
+        raise PydanticCustomError(
+            "int_parsing", "Input should be a whole number written with digits 0-9"
+        )
+    return value
+
+
+QueryInteger = Annotated[int, BeforeValidator(query_integer)]
+
+
 class PageQuery(BaseModel):
     """Pagination parameters of a list request."""
 
     model_config = ConfigDict(extra="forbid")
 
-    page: int = Field(default=1, ge=1, le=1_000_000)
-    per_page: int = Field(default=20, ge=1, le=100)
+    page: QueryInteger = Field(default=1, ge=1, le=1_000_000)
+    per_page: QueryInteger = Field(default=20, ge=1, le=100)
 
 
 class ItemOut(BaseModel):

@@ -1,13 +1,16 @@
 """Health checks: small functions that raise when a dependency is not usable.
 
 Features register their own readiness checks with `add_check`, so /health/ready
-covers every configured backend without this module knowing about them.
+covers every configured backend without this module knowing about them. Checks
+run at the same time, each in its own thread with its own app context, and
+each must finish within HEALTH_CHECK_TIMEOUT: a probe answers in bounded time
+even when a backend accepts connections and never replies.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,6 +24,7 @@ from pydantic import BaseModel
 from sqlalchemy import text
 
 from ..extensions import db
+from ..resilience import redis_store
 
 Check = Callable[[], None]
 EXTENSION_KEY = "health_checks"
@@ -55,6 +59,13 @@ def check_database() -> None:
     db.session.execute(text("SELECT 1"))
 
 
+def check_redis() -> None:
+    """Redis (REDIS_URL) answers a PING."""
+    store = redis_store(current_app)
+    if store is not None:
+        store.client.ping()
+
+
 @functools.cache
 def migration_heads(directory: str) -> frozenset[str]:
     """The newest revisions in `directory`, read from disk once per process."""
@@ -80,27 +91,63 @@ class CheckReport(BaseModel):
     error: str | None = None
 
 
+class CheckRun:
+    """One check running in a thread of its own, inside its own app context."""
+
+    def __init__(self, app: Flask, name: str, check: Check) -> None:
+        self.app = app
+        self.name = name
+        self.check = check
+        self.report: CheckReport | None = None
+        self.started = time.perf_counter()
+        # A daemon: a check stuck past its deadline must not keep the process up.
+        self.thread = threading.Thread(
+            target=self.run, name=f"health-check-{name}", daemon=True
+        )
+        self.thread.start()
+
+    def run(self) -> None:
+        with self.app.app_context():
+            try:
+                self.check()
+            except Exception as error:  # noqa: BLE001 - a check may fail in any way
+                self.app.logger.warning("health check %s failed: %r", self.name, error)
+                # Only our own messages are shown: a driver's may name hosts or users.
+                detail = str(error) if isinstance(error, HealthCheckError) else None
+                self.report = CheckReport(
+                    status="fail",
+                    duration_ms=elapsed_ms(self.started),
+                    error=detail or type(error).__name__,
+                )
+            else:
+                self.report = CheckReport(
+                    status="pass", duration_ms=elapsed_ms(self.started)
+                )
+
+    def outcome(self, timeout: float) -> CheckReport:
+        """The check's report, or a failure if it has not finished in time."""
+        if self.report is not None:
+            return self.report
+        self.app.logger.warning(
+            "health check %s timed out after %s s", self.name, timeout
+        )
+        return CheckReport(
+            status="fail",
+            duration_ms=elapsed_ms(self.started),
+            error=f"timed out after {timeout:g} s",
+        )
+
+
 def run_checks(checks: dict[str, Check]) -> dict[str, CheckReport]:
-    """Run every check, timing each; a failure never stops the others."""
-    results = {}
-    for name, check in checks.items():
-        started = time.perf_counter()
-        try:
-            check()
-        except Exception as error:  # noqa: BLE001 - a check may fail in any way
-            current_app.logger.warning("health check %s failed: %r", name, error)
-            with contextlib.suppress(Exception):
-                db.session.rollback()
-            # Only our own messages are shown: a driver's may name hosts or users.
-            detail = str(error) if isinstance(error, HealthCheckError) else None
-            results[name] = CheckReport(
-                status="fail",
-                duration_ms=elapsed_ms(started),
-                error=detail or type(error).__name__,
-            )
-        else:
-            results[name] = CheckReport(status="pass", duration_ms=elapsed_ms(started))
-    return results
+    """Run every check at once; each gets HEALTH_CHECK_TIMEOUT seconds at most."""
+    # The app itself, not the context-local proxy: the checks run in other threads.
+    app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
+    timeout: float = app.config["HEALTH_CHECK_TIMEOUT"]
+    runs = [CheckRun(app, name, check) for name, check in checks.items()]
+    deadline = time.monotonic() + timeout
+    for run in runs:
+        run.thread.join(max(0.0, deadline - time.monotonic()))
+    return {run.name: run.outcome(timeout) for run in runs}
 
 
 def elapsed_ms(started: float) -> float:

@@ -9,9 +9,11 @@ from pydantic import BaseModel
 from spectree import Response as Responses
 
 from ..extensions import spec
+from ..resilience import breakers_of, exempt
 from .checks import Check, CheckReport, registry, run_checks
 
-health_bp = Blueprint("health", __name__, url_prefix="/health")
+# Probes are never rate limited or shed: an orchestrator must always get an answer.
+health_bp = exempt(Blueprint("health", __name__, url_prefix="/health"))
 TAGS = ["health"]
 
 
@@ -47,6 +49,40 @@ def live() -> HealthReport:
 def ready() -> tuple[HealthReport, int]:
     """Every backend the service needs answers (503 naming the ones that do not)."""
     return report(registry(current_app).ready)
+
+
+class DependencyReport(BaseModel):
+    """One upstream's circuit breaker."""
+
+    state: Literal["closed", "open", "half-open"]
+    failures: int
+    retry_after: int | None
+
+
+class DependenciesReport(BaseModel):
+    """The state of the breaker in front of each upstream service."""
+
+    dependencies: dict[str, DependencyReport]
+
+
+@health_bp.get("/dependencies")
+@spec.validate(
+    resp=Responses(HTTP_200=DependenciesReport),
+    tags=TAGS,
+    operation_id="health_dependencies",
+)
+def dependencies() -> DependenciesReport:
+    """Each upstream's breaker: state, consecutive failures, seconds until a retry.
+
+    Informational, always 200: an upstream that is down degrades some answers,
+    so it must not take this service out of rotation (that is /health/ready).
+    """
+    return DependenciesReport(
+        dependencies={
+            name: DependencyReport.model_validate(report, from_attributes=True)
+            for name, report in breakers_of().report().items()
+        }
+    )
 
 
 @health_bp.get("/startup")

@@ -1,0 +1,72 @@
+"""Gunicorn settings: ``gunicorn -c gunicorn.conf.py wsgi:application``.
+
+Every value can be overridden on the command line or in GUNICORN_CMD_ARGS
+(``GUNICORN_CMD_ARGS="--bind 127.0.0.1:8000"``), which gunicorn reads after
+this file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from gunicorn.arbiter import Arbiter
+
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+    check_server_config,
+    env_int,
+)
+
+CPUS = os.cpu_count() or 1
+# Far beyond what helps, and a typo away from exhausting the machine's memory
+# (WEB_CONCURRENCY=100000 would fork until the kernel starts killing).
+MAX_WORKERS = 8 * CPUS
+MAX_THREADS = 64
+
+# A broken setting ends the start-up with one line, before any worker exists.
+try:
+    port = env_int(os.environ, "PORT", 8000, maximum=65535)
+    # One worker per CPU with Redis; without it, state is per process: one.
+    default_workers = CPUS if os.environ.get("REDIS_URL") else 1
+    workers = env_int(
+        os.environ, "WEB_CONCURRENCY", default_workers, maximum=MAX_WORKERS
+    )
+    threads = env_int(os.environ, "GUNICORN_THREADS", 4, maximum=MAX_THREADS)
+except ConfigError as error:
+    sys.exit(f"Error: {error.message}")
+
+# All interfaces, as a container needs; the port comes from PORT.
+bind = [f"0.0.0.0:{port}"]
+# Threads keep a worker answering (/health/live included) while some of its
+# requests wait on I/O, such as a database that does not answer.
+worker_class = "gthread"
+# Seconds: a worker silent for longer is killed and replaced; in-flight requests
+# get graceful_timeout to finish on shutdown; idle keep-alive connections close.
+timeout = 30
+graceful_timeout = 30
+keepalive = 5
+# Replace each worker after about this many requests, bounding slow leaks.
+max_requests = 2000
+max_requests_jitter = 200
+# Gunicorn 25+ opens a control socket in $HOME by default: servers sharing a
+# home (tests, several services) would fight over it, and nothing here uses it.
+control_socket_disable = True
+# Log to stderr, where containers and process managers collect it.
+accesslog = "-"
+errorlog = "-"
+
+
+def on_starting(server: Arbiter) -> None:
+    """Refuse unsafe or invalid settings in one line before any worker starts."""
+    try:
+        config = check_server_config()
+    except ConfigError as error:
+        sys.exit(f"Error: {error.message}")
+    if server.num_workers > 1 and not config.REDIS_URL:
+        sys.exit(
+            f"Error: {server.num_workers} workers need REDIS_URL: without it each "
+            "worker keeps its own rate-limit counters, breaker state, idempotency "
+            "keys and cache, which silently disagree. Set REDIS_URL, or run one "
+            "worker (WEB_CONCURRENCY=1)."
+        )

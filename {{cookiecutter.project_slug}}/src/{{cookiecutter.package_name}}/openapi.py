@@ -1,0 +1,85 @@
+"""What the OpenAPI document says about responses, declared next to each view.
+
+``Responses`` is spectree's ``Response`` with two additions, so the document
+describes what the API really sends:
+
+- problem documents (``errors.Problem`` and its subclasses) are declared as
+  ``application/problem+json``, which is how errors.py sends them;
+- response headers: those a view names (``Location`` on a 201), Retry-After on
+  every 429 and 503 problem, which errors.py always adds, and the RateLimit
+  fields on every 429.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from spectree import Response
+from spectree.utils import get_model_key
+
+from .errors import PROBLEM_MEDIA_TYPE, RETRYABLE_STATUSES, Problem
+
+Header = dict[str, Any]
+
+LOCATION: Header = {
+    "description": "The URL of the resource the request created.",
+    "schema": {"type": "string", "format": "uri-reference"},
+}
+RETRY_AFTER: Header = {
+    "description": "Seconds to wait before retrying the request.",
+    "schema": {"type": "integer", "minimum": 0},
+}
+# The IETF httpapi RateLimit draft's fields, sent by every rate-limited answer.
+RATE_LIMIT: dict[str, Header] = {
+    "RateLimit-Limit": {
+        "description": "Requests allowed in the current window.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RateLimit-Remaining": {
+        "description": "Requests left in the current window.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RateLimit-Reset": {
+        "description": "Seconds until the current window ends.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "RateLimit-Policy": {
+        "description": "The limit and its window in seconds, as 10;w=60.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+class Responses(Response):
+    """spectree's Response, with problem media types and response headers."""
+
+    def __init__(
+        self,
+        *codes: str,
+        headers: Mapping[int, Mapping[str, Header]] | None = None,
+        **code_models: Any,
+    ) -> None:
+        super().__init__(*codes, **code_models)
+        self.headers = {
+            str(code): dict(named) for code, named in (headers or {}).items()
+        }
+
+    def generate_spec(
+        self, naming_strategy: Callable[[Any], str] = get_model_key
+    ) -> dict[str, Any]:
+        responses = super().generate_spec(naming_strategy)
+        for code, model in self.code_models.items():
+            if isinstance(model, type) and issubclass(model, Problem):
+                content = responses[code.removeprefix("HTTP_")]["content"]
+                content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        for status, response in responses.items():
+            headers = dict(self.headers.get(status, {}))
+            is_problem = PROBLEM_MEDIA_TYPE in response.get("content", {})
+            if is_problem and int(status) in RETRYABLE_STATUSES:
+                headers.setdefault("Retry-After", RETRY_AFTER)
+            if is_problem and status == "429":
+                headers = {**RATE_LIMIT, **headers}
+            if headers:
+                response["headers"] = headers
+        return responses

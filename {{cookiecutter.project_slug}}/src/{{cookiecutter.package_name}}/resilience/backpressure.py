@@ -1,0 +1,72 @@
+"""Backpressure: at most MAX_IN_FLIGHT requests at once per worker process.
+
+Beyond the bound the app sheds load at once, with 503 and Retry-After, instead
+of queueing requests until clients time out. The default leaves one of
+Gunicorn's threads free, so that probes and shed answers go out even while
+every admitted request waits on a stuck backend.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Set
+
+from flask import Flask, g, request
+from werkzeug.exceptions import ServiceUnavailable
+
+EXTENSION_KEY = "backpressure"
+ADMITTED = "backpressure_admitted"
+logger = logging.getLogger(__name__)
+
+
+class LoadShed(ServiceUnavailable):
+    """A 503 answered at once: the worker is at its in-flight bound."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The server is at capacity; try again in a moment.", retry_after=1
+        )
+
+
+class InFlight:
+    """A counter of admitted requests with a hard upper bound."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._slots = threading.BoundedSemaphore(limit)
+        self.shed = 0
+
+    def try_enter(self) -> bool:
+        if self._slots.acquire(blocking=False):
+            return True
+        self.shed += 1
+        return False
+
+    def leave(self) -> None:
+        self._slots.release()
+
+
+def admit(in_flight: InFlight, exempt: Set[str]) -> None:
+    """before_request: take a slot, or shed the request."""
+    if not exempt.isdisjoint(request.blueprints):
+        return
+    if not in_flight.try_enter():
+        raise LoadShed
+    g.setdefault(ADMITTED, in_flight)
+
+
+def release(_error: BaseException | None) -> None:
+    """teardown_request: give the slot back, however the request ended."""
+    in_flight: InFlight | None = g.pop(ADMITTED, None)
+    if in_flight is not None:
+        in_flight.leave()
+
+
+def init_app(app: Flask, exempt: Set[str]) -> InFlight:
+    """Bound the app's in-flight requests; `exempt` names blueprints left alone."""
+    in_flight = InFlight(app.config["MAX_IN_FLIGHT"])
+    app.extensions[EXTENSION_KEY] = in_flight
+    app.before_request(lambda: admit(in_flight, exempt))
+    app.teardown_request(release)
+    return in_flight

@@ -1,0 +1,249 @@
+"""Idempotency keys (IETF httpapi Idempotency-Key draft) for unsafe requests.
+
+A request that carries ``Idempotency-Key`` runs once. The first one reserves the
+key for its caller; its answer is stored, and a retry with the same key and the
+same request (method, path, query and body) gets that answer again, marked
+``Idempotent-Replayed: true``. The same key with a different request is a 422;
+a retry while the first is still running is a 409. 5xx answers are not kept,
+so such a request can be retried. Keys are scoped to the caller (its verified
+identity or address), expire after IDEMPOTENCY_TTL seconds, and live in Redis
+with REDIS_URL (in process memory while Redis is down), else in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Literal, NoReturn, TypedDict
+
+import redis
+from flask import Flask, Response, current_app, request
+from pydantic import BaseModel, ConfigDict, Field
+from werkzeug.exceptions import BadRequest, Conflict
+
+from ..errors import FieldError, RequestValidationError
+from .limits import client_identity, scope_of
+from .store import RedisStore
+
+EXTENSION_KEY = "idempotency"
+HEADER = "Idempotency-Key"
+# The draft makes the key a structured-field string; printable ASCII, bounded.
+KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
+# How long a reservation holds while its request runs; a crashed worker's
+# reservation expires after this, so the key becomes usable again.
+RUNNING_TTL = 60
+# Headers worth replaying: the rest are recomputed for the new response.
+REPLAYED_HEADERS = ("Content-Type", "Location")
+MEMORY_CAPACITY = 10_000
+
+Decision = Literal["run", "replay", "conflict", "mismatch"]
+
+
+class IdempotencyKeyHeader(BaseModel):
+    """The Idempotency-Key request header, as the OpenAPI document shows it."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    idempotency_key: str | None = Field(
+        default=None,
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x20-\x7e]+$",
+        description=(
+            "Send a unique value (a UUID) to make a retry of this request safe: "
+            "the first request runs, a retry with the same key and body gets "
+            "its answer again. Kept for 24 hours."
+        ),
+    )
+
+
+class Record(TypedDict, total=False):
+    """What is kept under a key: a reservation, then the answer."""
+
+    fingerprint: str
+    state: Literal["running", "done"]
+    status: int
+    headers: dict[str, str]
+    body: str
+
+
+@dataclass
+class Reservation:
+    key: str
+    fingerprint: str
+    decision: Decision
+    record: Record
+
+
+class MemoryKeys:
+    """Keys in this process: bounded (oldest out first), expiring."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._items: OrderedDict[str, tuple[float, str]] = OrderedDict()
+
+    def reserve(self, key: str, value: str, ttl: int) -> str | None:
+        """Store `value` unless `key` exists; return the existing value if it does."""
+        now = time.monotonic()
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None and found[0] > now:
+                return found[1]
+            self._items[key] = (now + ttl, value)
+            self._items.move_to_end(key)
+            while len(self._items) > MEMORY_CAPACITY:
+                self._items.popitem(last=False)
+            return None
+
+    def put(self, key: str, value: str, ttl: int) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic() + ttl, value)
+
+    def drop(self, key: str) -> None:
+        with self._lock:
+            self._items.pop(key, None)
+
+
+class IdempotencyKeys:
+    """Reservations and stored answers, in Redis or in memory."""
+
+    def __init__(self, store: RedisStore | None, ttl: int) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.memory = MemoryKeys()
+
+    def _up(self) -> RedisStore | None:
+        """The Redis store, unless there is none or it is cooling down."""
+        return self.store if self.store and self.store.gate.is_open() else None
+
+    def reserve(self, key: str, value: str) -> str | None:
+        """Reserve `key` with `value`; if it is taken, return what it holds."""
+        store = self._up()
+        if store is not None:
+            try:
+                if store.reserve(key, value, ttl=RUNNING_TTL):
+                    store.gate.succeeded()
+                    return None
+                existing = store.get(key)
+            except redis.RedisError as error:
+                store.gate.failed(error)
+            else:
+                store.gate.succeeded()
+                # It expired between SET and GET: the next retry will take it.
+                return existing.decode() if existing else value
+        return self.memory.reserve(key, value, RUNNING_TTL)
+
+    def put(self, key: str, value: str) -> None:
+        store = self._up()
+        if store is not None:
+            try:
+                store.set(key, value, ttl=self.ttl)
+            except redis.RedisError as error:
+                store.gate.failed(error)
+            else:
+                return
+        self.memory.put(key, value, self.ttl)
+
+    def drop(self, key: str) -> None:
+        store = self._up()
+        if store is not None:
+            try:
+                store.delete(key)
+            except redis.RedisError as error:
+                store.gate.failed(error)
+        self.memory.drop(key)
+
+
+def fingerprint() -> str:
+    """What makes two requests "the same": method, path, query string and body."""
+    digest = hashlib.sha256()
+    for part in (request.method, request.path, request.query_string.decode()):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(request.get_data(cache=True))
+    return digest.hexdigest()
+
+
+def storage_key(idempotency_key: str) -> str:
+    scope = scope_of(client_identity())
+    key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
+    prefix = current_app.config["REDIS_KEY_PREFIX"]
+    return f"{prefix}:idempotency:{scope}:{key_hash}"
+
+
+def begin(keys: IdempotencyKeys, idempotency_key: str) -> Reservation:
+    """Reserve the key for this request, or say why the request must not run."""
+    if not KEY_PATTERN.fullmatch(idempotency_key):
+        raise BadRequest(f"{HEADER} must be 1 to 255 printable ASCII characters.")
+    key = storage_key(idempotency_key)
+    mine = fingerprint()
+    reservation: Record = {"fingerprint": mine, "state": "running"}
+    existing = keys.reserve(key, json.dumps(reservation))
+    if existing is None:
+        return Reservation(key, mine, "run", reservation)
+    record: Record = json.loads(existing)
+    if record.get("fingerprint") != mine:
+        return Reservation(key, mine, "mismatch", record)
+    if record.get("state") != "done":
+        return Reservation(key, mine, "conflict", record)
+    return Reservation(key, mine, "replay", record)
+
+
+def finish(keys: IdempotencyKeys, reservation: Reservation, response: Response) -> None:
+    """Keep the answer for replays, or free the key after a 5xx."""
+    if response.status_code >= 500 or response.is_streamed:
+        keys.drop(reservation.key)
+        return
+    record: Record = {
+        "fingerprint": reservation.fingerprint,
+        "state": "done",
+        "status": response.status_code,
+        "headers": {
+            name: response.headers[name]
+            for name in REPLAYED_HEADERS
+            if name in response.headers
+        },
+        "body": base64.b64encode(response.get_data()).decode(),
+    }
+    keys.put(reservation.key, json.dumps(record))
+
+
+def replay(record: Record) -> Response:
+    """The stored answer, as a new response marked as a replay."""
+    response = current_app.response_class(
+        base64.b64decode(record.get("body", "")), status=record.get("status", 200)
+    )
+    for name, value in record.get("headers", {}).items():
+        response.headers[name] = value
+    response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def refuse(reservation: Reservation) -> NoReturn:
+    """409 while the first request runs; 422 naming the header for another request."""
+    if reservation.decision == "conflict":
+        raise Conflict(
+            "A request with this Idempotency-Key is still running; retry later."
+        )
+    raise RequestValidationError(
+        [
+            FieldError(
+                field=HEADER,
+                message="This key was already used for a different request.",
+                code="idempotency_key_reused",
+            )
+        ]
+    )
+
+
+def init_app(app: Flask, store: RedisStore | None) -> IdempotencyKeys:
+    keys = IdempotencyKeys(store, app.config["IDEMPOTENCY_TTL"])
+    app.extensions[EXTENSION_KEY] = keys
+    return keys

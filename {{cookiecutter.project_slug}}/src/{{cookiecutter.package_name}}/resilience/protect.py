@@ -1,0 +1,122 @@
+"""`protected(name)`: a named resilience policy on a view, in one line.
+
+RESILIENCE_POLICIES in config.py defines each policy: a rate limit, a circuit
+breaker whose opening answers 503 at once, and idempotency keys for unsafe
+methods. Backpressure applies to every view already (backpressure.py).
+
+    @items_bp.post("")
+    @protected("write")
+    @spec.validate(...)
+    def create_item(json: ItemCreate) -> ...:
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, ParamSpec
+
+from flask import Flask, Response, current_app, make_response, request
+from flask.typing import ResponseReturnValue
+from limits import parse_many
+
+from ..config import ConfigError
+from . import idempotency
+from .breakers import breakers_of
+from .limits import limiter
+
+EXTENSION_KEY = "resilience_policies"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+P = ParamSpec("P")
+View = Callable[P, ResponseReturnValue]
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What protected(name) applies."""
+
+    limit: str = ""
+    breaker: str | None = None
+    idempotency: bool = False
+
+
+def load_policies(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Policy]:
+    """Parse RESILIENCE_POLICIES, failing at start-up on a bad entry."""
+    policies = {}
+    for name, options in settings.items():
+        unknown = set(options) - {"limit", "breaker", "idempotency"}
+        if unknown:
+            raise ConfigError(
+                f"RESILIENCE_POLICIES[{name!r}] has unknown settings {sorted(unknown)}"
+            )
+        policy = Policy(**options)
+        try:
+            if policy.limit:
+                parse_many(policy.limit)
+        except ValueError:
+            raise ConfigError(
+                f"RESILIENCE_POLICIES[{name!r}] limit {policy.limit!r} is not a rate "
+                "limit (for example: 30 per minute)"
+            ) from None
+        policies[name] = policy
+    return policies
+
+
+def policy(name: str) -> Policy:
+    found: Policy = current_app.extensions[EXTENSION_KEY][name]
+    return found
+
+
+def protected(name: str) -> Callable[[View[P]], View[P]]:
+    """Apply policy `name`: its limit, then its breaker, then idempotency."""
+
+    def decorate(view: View[P]) -> View[P]:
+        @functools.wraps(view)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            chosen = policy(name)
+            if chosen.breaker:
+                breakers_of().check(chosen.breaker)
+            key = request.headers.get(idempotency.HEADER)
+            if not (chosen.idempotency and key and request.method in UNSAFE_METHODS):
+                return view(*args, **kwargs)
+            return run_once(key, lambda: view(*args, **kwargs))
+
+        # The limit is checked first, so replays and refusals count too.
+        limited: View[P] = limiter.limit(
+            lambda: policy(name).limit, scope=f"policy:{name}"
+        )(guarded)
+        return limited
+
+    return decorate
+
+
+def run_once(key: str, call: Callable[[], ResponseReturnValue]) -> Response:
+    """Run `call` once for this idempotency key, or replay or refuse."""
+    keys: idempotency.IdempotencyKeys = current_app.extensions[
+        idempotency.EXTENSION_KEY
+    ]
+    reservation = idempotency.begin(keys, key)
+    if reservation.decision == "replay":
+        return idempotency.replay(reservation.record)
+    if reservation.decision != "run":
+        idempotency.refuse(reservation)
+    try:
+        response = make_response(call())
+    except BaseException:
+        keys.drop(reservation.key)
+        raise
+    idempotency.finish(keys, reservation, response)
+    return response
+
+
+def init_app(app: Flask) -> None:
+    policies = load_policies(app.config["RESILIENCE_POLICIES"])
+    breakers = breakers_of(app)
+    for name, chosen in policies.items():
+        if chosen.breaker and chosen.breaker not in breakers:
+            raise ConfigError(
+                f"RESILIENCE_POLICIES[{name!r}] names breaker {chosen.breaker!r}, "
+                "which CIRCUIT_BREAKERS does not define"
+            )
+    app.extensions[EXTENSION_KEY] = policies

@@ -1,0 +1,117 @@
+"""The Redis cache backend for Flask-Caching, made safe to lose.
+
+- Values are JSON, not pickle: whoever can write to Redis must not be able to
+  run code in the app by planting a pickled object.
+- A Redis error is a miss (or a skipped write), never a 500; while Redis is
+  down the shared gate skips it altogether (see store.py).
+- It uses the app's shared Redis pool and key prefix.
+
+config.py selects it (CACHE_TYPE) when REDIS_URL is set; without Redis the
+cache is Flask-Caching's SimpleCache (NullCache under test).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import redis
+from cachelib.serializers import RedisSerializer
+from flask import Flask
+from flask_caching.backends.rediscache import RedisCache
+
+from .store import RedisGate, redis_store
+
+T = TypeVar("T")
+
+
+class JSONSerializer(RedisSerializer):
+    """JSON in and out; integers stay plain for Redis's INCRBY."""
+
+    def dumps(self, value: Any, protocol: int = 0) -> bytes:  # noqa: ARG002 - interface
+        return json.dumps(value, separators=(",", ":")).encode()
+
+    def loads(self, value: bytes | None) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class SafeRedisCache(RedisCache):
+    """Flask-Caching's RedisCache with JSON values and errors turned into misses."""
+
+    serializer = JSONSerializer()
+
+    def __init__(self, gate: RedisGate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    @classmethod
+    def factory(
+        cls,
+        app: Flask,
+        config: dict[str, Any],
+        args: list[Any],  # noqa: ARG003 - Flask-Caching's factory signature
+        kwargs: dict[str, Any],
+    ) -> SafeRedisCache:
+        store = redis_store(app)
+        if store is None:
+            raise RuntimeError("the Redis cache needs REDIS_URL")
+        kwargs.update(
+            host=store.client,
+            key_prefix=store.key("cache", ""),
+            default_timeout=config["CACHE_DEFAULT_TIMEOUT"],
+        )
+        return cls(store.gate, **kwargs)
+
+    def _safely(self, call: Callable[[], T], fallback: T) -> T:
+        """`call` unless Redis is down; `fallback` then, or if it fails."""
+        if not self.gate.is_open():
+            return fallback
+        try:
+            result = call()
+        except redis.RedisError as error:
+            self.gate.failed(error)
+            return fallback
+        self.gate.succeeded()
+        return result
+
+    def get(self, key: str) -> Any:
+        return self._safely(lambda: super(SafeRedisCache, self).get(key), None)
+
+    def get_many(self, *keys: str) -> list[Any]:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).get_many(*keys), [None] * len(keys)
+        )
+
+    def has(self, key: str) -> bool:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).has(key), fallback=False
+        )
+
+    def set(self, key: str, value: Any, timeout: int | timedelta | None = None) -> Any:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).set(key, value, timeout),
+            fallback=False,
+        )
+
+    def set_many(
+        self, mapping: dict[str, Any], timeout: int | timedelta | None = None
+    ) -> Any:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).set_many(mapping, timeout), []
+        )
+
+    def add(self, key: str, value: Any, timeout: int | timedelta | None = None) -> Any:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).add(key, value, timeout),
+            fallback=False,
+        )
+
+    def delete(self, key: str) -> Any:
+        return self._safely(
+            lambda: super(SafeRedisCache, self).delete(key), fallback=False
+        )
+
+    def delete_many(self, *keys: str) -> Any:
+        return self._safely(lambda: super(SafeRedisCache, self).delete_many(*keys), [])

@@ -1,0 +1,61 @@
+"""Security headers on every response, and URLs that mean one thing.
+
+``SECURITY_HEADERS`` in config.py holds the headers: a Content-Security-Policy
+without 'unsafe-inline', nosniff, no framing, no referrer, and HSTS in
+production. A view that needs a different value sets the header itself; it is
+not overwritten.
+
+Each resource has one URL, so a cache or a path rule in a proxy in front means
+what it says: ``/api//v1`` is not redirected (Werkzeug's redirect would put the
+client's Host header into Location), an encoded slash (``/api/v1%2Fitems``) is
+a 404, and ``<int:...>`` takes ASCII digits without leading zeros only.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, abort, current_app, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.routing import IntegerConverter
+
+
+class CanonicalIntConverter(IntegerConverter):
+    """Werkzeug's ``int``, written one way only.
+
+    The stock converter also takes ``0001`` and digits of other scripts
+    (Arabic-Indic, fullwidth). At most 18 digits: longer can be no id, and
+    Python refuses to read 4300+ digits.
+    """
+
+    regex = r"(?:0|[1-9][0-9]{0,17})"
+
+
+def add_security_headers(response: Response) -> Response:
+    """Add each configured header the response does not already have."""
+    for name, value in current_app.config["SECURITY_HEADERS"].items():
+        response.headers.setdefault(name, value)
+    return response
+
+
+def refuse_encoded_slashes() -> None:
+    """404 for a path that spells a slash as %2F."""
+    raw = request.environ.get("RAW_URI") or request.environ.get("REQUEST_URI") or ""
+    if "%2f" in raw.split("?", 1)[0].lower():
+        abort(404)
+
+
+def init_app(app: Flask) -> None:
+    """Register before the blueprints: the converter applies to rules added later.
+
+    With TRUSTED_PROXIES=n, the client address and scheme come from the last n
+    entries of X-Forwarded-For and X-Forwarded-Proto (what those proxies
+    appended); with 0, those headers are ignored, as anyone can send them.
+    """
+    proxies = app.config["TRUSTED_PROXIES"]
+    if proxies:
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=proxies, x_proto=proxies
+        )
+    app.url_map.converters["int"] = CanonicalIntConverter
+    app.url_map.merge_slashes = False
+    app.before_request(refuse_encoded_slashes)
+    app.after_request(add_security_headers)

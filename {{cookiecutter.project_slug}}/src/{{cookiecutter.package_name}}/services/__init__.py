@@ -1,0 +1,1 @@
+"""Clients of other services, each guarded by a breaker, timeouts and retries."""

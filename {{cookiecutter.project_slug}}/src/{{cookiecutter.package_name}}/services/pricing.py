@@ -1,0 +1,77 @@
+"""The example upstream: a pricing service that knows what each item costs.
+
+``GET {PRICING_URL}/prices/{item_id}`` answers ``{"amount": "12.50",
+"currency": "EUR"}``. A price that could be fetched is remembered in the cache
+for a day; when the pricing service fails (or its breaker is open), the last
+known price is served, marked stale, instead of an error.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from flask import current_app
+from pydantic import BaseModel, ValidationError
+from werkzeug.exceptions import ServiceUnavailable
+
+from ..extensions import cache
+from ..resilience import BreakerOpen
+from .http import UpstreamError, upstream
+
+NAME = "pricing"
+LAST_KNOWN_FOR = 24 * 60 * 60
+
+
+class UpstreamPrice(BaseModel):
+    """What the pricing service answers."""
+
+    amount: Decimal
+    currency: str
+
+
+class Price(BaseModel):
+    """A price as this service reports it."""
+
+    item_id: int
+    amount: Decimal
+    currency: str
+    as_of: datetime
+    stale: bool
+
+
+def cache_key(item_id: int) -> str:
+    return f"last-price:{item_id}"
+
+
+def price_of(item_id: int) -> Price:
+    """The item's price from the pricing service, or the last known one."""
+    config = current_app.config
+    if not config["PRICING_URL"]:
+        raise ServiceUnavailable("No pricing service is configured (PRICING_URL).")
+    pricing = upstream(NAME, config["PRICING_URL"], config["PRICING_TIMEOUT"])
+    try:
+        answer = pricing.request_json("GET", f"/prices/{item_id}")
+        fetched = UpstreamPrice.model_validate(answer)
+    except (UpstreamError, BreakerOpen, ValidationError) as error:
+        return last_known(item_id, error)
+    price = Price(
+        item_id=item_id,
+        amount=fetched.amount,
+        currency=fetched.currency,
+        as_of=datetime.now(UTC),
+        stale=False,
+    )
+    cache.set(cache_key(item_id), price.model_dump(mode="json"), timeout=LAST_KNOWN_FOR)
+    return price
+
+
+def last_known(item_id: int, error: Exception) -> Price:
+    """The fallback: the last price fetched, or the original error if there is none."""
+    current_app.logger.warning("pricing failed for item %s: %r", item_id, error)
+    remembered = cache.get(cache_key(item_id))
+    if remembered is None:
+        if isinstance(error, BreakerOpen):
+            raise error
+        raise ServiceUnavailable("The pricing service is unavailable.") from error
+    return Price.model_validate({**remembered, "stale": True})

@@ -1,0 +1,483 @@
+"""The production server: Gunicorn with gunicorn.conf.py, started as a user would.
+
+Every server here binds to 127.0.0.1, answers within bounded time, and is
+stopped by the test that started it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from conftest import PROJECT, FakeUpstream, Relay
+
+PACKAGE = "{{ cookiecutter.package_name }}"
+SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
+START_TIMEOUT = 30.0
+REQUEST_TIMEOUT = 15.0
+SERVER = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def server_env(port: int, **variables: str) -> dict[str, str]:
+    """The production environment, minus what the test leaves out, on `port`."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("FLASK_", "APP_", "GUNICORN_"))
+        and name not in {"SECRET_KEY", "DATABASE_URL", "WEB_CONCURRENCY", "PORT"}
+    }
+    env.update(
+        GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
+        WEB_CONCURRENCY="1",
+        APP_ENV="production",
+    )
+    env.update(variables)
+    return env
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    port: int
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        chunked: bool = False,
+    ) -> Answer:
+        connection = http.client.HTTPConnection(
+            "127.0.0.1", self.port, timeout=REQUEST_TIMEOUT
+        )
+        payload = body or b""
+        try:
+            connection.putrequest(method, path)
+            for name, value in (headers or {}).items():
+                connection.putheader(name, value)
+            if chunked:
+                connection.putheader("Transfer-Encoding", "chunked")
+            elif body is not None:
+                connection.putheader("Content-Length", str(len(payload)))
+            connection.endheaders()
+            try:
+                for offset in range(0, len(payload), 65536):
+                    chunk = payload[offset : offset + 65536]
+                    connection.send(
+                        b"%x\r\n%s\r\n" % (len(chunk), chunk) if chunked else chunk
+                    )
+                if chunked:
+                    connection.send(b"0\r\n\r\n")
+            except (BrokenPipeError, ConnectionResetError):
+                # The server answered (413) and closed before the body ended.
+                pass
+            response = connection.getresponse()
+            return Answer(response.status, dict(response.getheaders()), response.read())
+        finally:
+            connection.close()
+
+    def stop(self) -> int:
+        """SIGTERM, as an orchestrator stops a container; the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=15)
+            raise
+
+
+@pytest.fixture
+def start_server() -> Iterator[Any]:
+    """Start Gunicorn with the project's config; every server is stopped after."""
+    servers: list[Server] = []
+
+    def start(**variables: str) -> Server:
+        port = free_port()
+        process = subprocess.Popen(  # noqa: S603 - a fixed command line
+            [*SERVER, "wsgi:application"],
+            cwd=PROJECT,
+            env=server_env(port, **variables),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        server = Server(process, port)
+        servers.append(server)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert process.poll() is None, process.communicate()[1]
+            try:
+                if server.request("GET", "/health/live").status == 200:
+                    return server
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.1)
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            server.process.kill()
+            server.process.wait(timeout=15)
+        if server.process.stderr:
+            server.process.stderr.close()
+
+
+def run_server(**variables: str) -> subprocess.CompletedProcess[str]:
+    """Run Gunicorn to completion (it is expected to refuse to start)."""
+    return subprocess.run(  # noqa: S603 - a fixed command line
+        [*SERVER, "wsgi:application"],
+        cwd=PROJECT,
+        env=server_env(free_port(), **variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def production_database(tmp_path: Path) -> str:
+    """A SQLite file migrated with `flask db upgrade`, as a deployment would."""
+    url = f"sqlite:///{tmp_path / 'production.db'}"
+    subprocess.run(
+        [sys.executable, "-m", "flask", "db", "upgrade"],
+        cwd=PROJECT,
+        env=server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL=url)
+        | {"FLASK_APP": PACKAGE, "FLASK_SKIP_DOTENV": "1"},
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return url
+
+
+def test_the_config_passes_gunicorns_own_check() -> None:
+    result = subprocess.run(  # noqa: S603 - a fixed command line
+        [*SERVER, "--check-config", "wsgi:application"],
+        cwd=PROJECT,
+        env=server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL="sqlite://"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variables", "message"),
+    [
+        (
+            {
+                "DATABASE_URL": "sqlite://",
+                "SECRET_KEY": "this-is-my-super-secret-production-key",
+            },
+            "Error: SECRET_KEY is made of common words",
+        ),
+        (
+            {"SECRET_KEY": SAFE_SECRET, "DATABASE_URL": "not a url"},
+            "Error: DATABASE_URL is not a database URL",
+        ),
+        ({"PORT": "http"}, "Error: PORT='http' is not an integer"),
+        (
+            {
+                "SECRET_KEY": SAFE_SECRET,
+                "DATABASE_URL": "sqlite://",
+                "WEB_CONCURRENCY": "2",
+            },
+            "Error: 2 workers need REDIS_URL",
+        ),
+        (
+            {"WEB_CONCURRENCY": "100000"},
+            "Error: WEB_CONCURRENCY='100000' is more than the",
+        ),
+    ],
+    ids=[
+        "weak-secret-key",
+        "bad-database-url",
+        "bad-port",
+        "workers-without-redis",
+        "runaway-workers",
+    ],
+)
+def test_a_refused_configuration_stops_the_server_in_one_line(
+    variables: dict[str, str], message: str
+) -> None:
+    result = run_server(**variables)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert errors == [errors[0]]
+    assert errors[0].startswith(message)
+    # No traceback, and no worker was started (so none can crash in a loop).
+    assert "Traceback" not in result.stderr
+    assert "Booting worker" not in result.stderr
+
+
+def test_liveness_answers_while_the_database_hangs(
+    start_server: Any, hung_server: int
+) -> None:
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=f"postgresql://app@127.0.0.1:{hung_server}/app",
+        DATABASE_CONNECT_TIMEOUT="3",
+        HEALTH_CHECK_TIMEOUT="0.5",
+    )
+    answers: list[Answer] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(server.request("GET", "/api/v1/items"))
+    )
+    waiting.start()
+    time.sleep(0.2)  # let the request reach the worker and block on the database
+    live = server.request("GET", "/health/live")
+    assert live.status == 200
+    assert waiting.is_alive(), "the items request should still be waiting"
+
+    ready = server.request("GET", "/health/ready")
+    assert ready.status == 503
+    assert ready.json()["checks"]["database"]["error"] == "timed out after 0.5 s"
+
+    waiting.join(timeout=REQUEST_TIMEOUT)
+    (items,) = answers
+    assert items.status == 503
+    assert items.headers["Content-Type"] == "application/problem+json"
+    assert items.headers["Retry-After"] == "5"
+    assert server.stop() == 0
+
+
+def test_the_production_server_end_to_end(
+    start_server: Any, production_database: str
+) -> None:
+    server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
+    json_headers = {"Content-Type": "application/json"}
+
+    created = server.request(
+        "POST", "/api/v1/items", b'{"name": "Widget"}', json_headers, chunked=True
+    )
+    assert created.status == 201
+    assert created.headers["Strict-Transport-Security"].startswith("max-age=")
+    assert created.headers["X-Content-Type-Options"] == "nosniff"
+
+    limit = 1024 * 1024
+    padded = b'{"name": "Padded"}' + b" " * (2 * limit)
+    too_big = server.request(
+        "POST", "/api/v1/items", padded, json_headers, chunked=True
+    )
+    assert too_big.status == 413
+    assert too_big.headers["Content-Type"] == "application/problem+json"
+    declared = server.request("POST", "/api/v1/items", padded, json_headers)
+    assert declared.status == 413
+
+    page = server.request("GET", "/api/v1/items").json()
+    assert [item["name"] for item in page["items"]] == ["Widget"]
+
+    deleted = server.request("DELETE", created.headers["Location"])
+    assert deleted.status == 204
+    assert "Content-Type" not in deleted.headers
+    assert server.stop() == 0
+
+
+# --- Several workers sharing one Redis (needs TEST_REDIS_URL) -----------------
+
+needs_redis = pytest.mark.skipif(
+    not os.environ.get("TEST_REDIS_URL"),
+    reason="needs TEST_REDIS_URL: several workers can only share a real Redis",
+)
+
+
+@pytest.fixture
+def redis_settings() -> Iterator[dict[str, str]]:
+    """REDIS_URL and a key prefix of this test's own (its keys are removed after);
+    threads for every concurrent request, so none is shed before it is counted."""
+    settings = {
+        "REDIS_URL": os.environ.get("TEST_REDIS_URL", ""),
+        "REDIS_KEY_PREFIX": f"gunicorn-test-{uuid.uuid4().hex[:12]}",
+        "GUNICORN_THREADS": "16",
+        "MAX_IN_FLIGHT": "16",
+    }
+    yield settings
+    if settings["REDIS_URL"]:
+        client = redis.Redis.from_url(settings["REDIS_URL"])
+        for key in client.scan_iter(f"{settings['REDIS_KEY_PREFIX']}*"):
+            client.delete(key)
+        client.close()
+
+
+def outside_a_window_edge() -> None:
+    """Wait until a fixed one-minute window has at least 10 s left."""
+    into_window = time.time() % 60
+    if into_window > 50:
+        time.sleep(60.5 - into_window)
+
+
+@needs_redis
+def test_four_workers_admit_exactly_the_limit(
+    start_server: Any, production_database: str, redis_settings: dict[str, str]
+) -> None:
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        WEB_CONCURRENCY="4",
+        POLICY_LIMIT_READ="10 per minute",
+        **redis_settings,
+    )
+    outside_a_window_edge()
+    with ThreadPoolExecutor(max_workers=60) as pool:
+        statuses = list(
+            pool.map(lambda _: server.request("GET", "/api/v1/items").status, range(60))
+        )
+    assert (statuses.count(200), statuses.count(429)) == (10, 50)
+    assert server.stop() == 0
+
+
+@needs_redis
+def test_an_open_breaker_is_open_in_every_worker(
+    start_server: Any,
+    production_database: str,
+    redis_settings: dict[str, str],
+    pricing_upstream: FakeUpstream,
+) -> None:
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        WEB_CONCURRENCY="2",
+        PRICING_URL=pricing_upstream.url,
+        **redis_settings,
+    )
+    json_headers = {"Content-Type": "application/json"}
+    assert server.request("POST", "/api/v1/items", b'{"name": "x"}', json_headers)
+    pricing_upstream.status = 500
+    for _ in range(5):  # fail_max
+        assert server.request("GET", "/api/v1/items/1/price").status == 503
+    calls = pricing_upstream.calls
+    answers = [server.request("GET", "/api/v1/items/1/price") for _ in range(20)]
+    assert {answer.status for answer in answers} == {503}
+    assert all(int(answer.headers["Retry-After"]) > 0 for answer in answers)
+    assert pricing_upstream.calls == calls, "no worker may call an open upstream"
+    report = server.request("GET", "/health/dependencies").json()
+    assert report["dependencies"]["pricing"]["state"] == "open"
+    assert server.stop() == 0
+
+
+@needs_redis
+def test_a_key_runs_once_across_workers(
+    start_server: Any, production_database: str, redis_settings: dict[str, str]
+) -> None:
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        WEB_CONCURRENCY="2",
+        **redis_settings,
+    )
+    headers = {"Content-Type": "application/json", "Idempotency-Key": "across-1"}
+
+    def post(_: int) -> Answer:
+        answer: Answer = server.request(
+            "POST", "/api/v1/items", b'{"name": "Once"}', headers
+        )
+        return answer
+
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        answers = list(pool.map(post, range(10)))
+    first = [
+        a for a in answers if a.status == 201 and "Idempotent-Replayed" not in a.headers
+    ]
+    assert len(first) == 1
+    assert {a.status for a in answers} <= {201, 409}
+    page = server.request("GET", "/api/v1/items").json()
+    assert page["total"] == 1
+    replay = post(0)
+    assert (replay.status, replay.headers["Idempotent-Replayed"]) == (201, "true")
+    assert replay.body == first[0].body
+    assert server.stop() == 0
+
+
+@needs_redis
+def test_redis_dying_mid_traffic_fails_no_request(
+    start_server: Any, production_database: str, redis_settings: dict[str, str]
+) -> None:
+    real = redis.Redis.from_url(redis_settings["REDIS_URL"])
+    target = real.connection_pool.connection_kwargs
+    relay = Relay(target.get("host", "127.0.0.1"), target.get("port", 6379))
+    database = target.get("db", 0)
+    prefix = redis_settings["REDIS_KEY_PREFIX"]
+    try:
+        server = start_server(
+            SECRET_KEY=SAFE_SECRET,
+            DATABASE_URL=production_database,
+            WEB_CONCURRENCY="2",
+            **(
+                redis_settings
+                | {"REDIS_URL": f"redis://127.0.0.1:{relay.port}/{database}"}
+            ),
+            POLICY_LIMIT_READ="100000 per minute",
+            POLICY_LIMIT_WRITE="100000 per minute",
+        )
+        headers = {"Content-Type": "application/json"}
+        statuses: list[int] = []
+
+        def traffic(seconds: float) -> None:
+            until = time.monotonic() + seconds
+            number = 0
+            while time.monotonic() < until:
+                number += 1
+                key = {"Idempotency-Key": f"{prefix}-{number}-{time.monotonic()}"}
+                statuses.append(server.request("GET", "/api/v1/items").status)
+                statuses.append(
+                    server.request(
+                        "POST", "/api/v1/items", b'{"name": "t"}', headers | key
+                    ).status
+                )
+
+        traffic(1)
+        assert list(real.scan_iter(f"{prefix}:limits*")), "counting in Redis"
+        relay.cut()  # Redis is gone: connections reset, new ones refused
+        traffic(3)
+        assert set(statuses) <= {200, 201}, sorted(set(statuses))
+        relay.restore()
+        time.sleep(4.5)  # each worker's limiter retries Redis 1, 2, then 4 s on
+        for key in real.scan_iter(f"{prefix}:limits*"):
+            real.delete(key)
+        traffic(1)
+        assert list(real.scan_iter(f"{prefix}:limits*")), "counting in Redis again"
+        assert set(statuses) <= {200, 201}, sorted(set(statuses))
+        assert server.stop() == 0
+    finally:
+        relay.close()
+        real.close()

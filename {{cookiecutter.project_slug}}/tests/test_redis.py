@@ -1,0 +1,237 @@
+"""The one switch: REDIS_URL puts limits, breakers, idempotency keys and the cache
+in Redis, and a Redis outage degrades each of them instead of failing requests.
+
+These tests use TEST_REDIS_URL's Redis when it is set (the CI services tier),
+else an in-process fakeredis; `redis_target.cut()` takes Redis away.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+
+from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.models import Item
+from {{ cookiecutter.package_name }}.resilience import breakers_of, redis_store
+from {{ cookiecutter.package_name }}.resilience.store import (
+    FIRST_COOL_DOWN,
+    RedisGate,
+)
+
+from conftest import AppFactory, FakeUpstream, RedisTarget
+
+ITEMS = "/api/v1/items"
+
+
+def redis_app(make_app: AppFactory, target: RedisTarget, **overrides: Any) -> Flask:
+    return make_app(**target.settings(), tables=True, **overrides)
+
+
+def test_the_switch_moves_every_store_to_redis(
+    make_app: AppFactory, redis_target: RedisTarget, pricing_upstream: FakeUpstream
+) -> None:
+    app = redis_app(
+        make_app,
+        redis_target,
+        RATE_LIMITS_ENABLED=True,
+        PRICING_URL=pricing_upstream.url,
+    )
+    client = app.test_client()
+    key = {"Idempotency-Key": "switch-1"}
+    assert client.post(ITEMS, json={"name": "Redis"}, headers=key).status_code == 201
+    assert client.get(ITEMS).status_code == 200
+    assert client.get(f"{ITEMS}/1/price").status_code == 200
+    kinds = {key.split(":")[1] for key in redis_target.stored_keys()}
+    assert {"limits", "idempotency", "cache", "breaker"} <= kinds
+    ready = client.get("/health/ready").json
+    assert ready is not None
+    assert ready["checks"]["redis"]["status"] == "pass"
+
+
+def test_cached_values_are_json_not_pickle(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    client = redis_app(make_app, redis_target).test_client()
+    client.post(ITEMS, json={"name": "Plain"})
+    client.get(ITEMS)
+    cached = [
+        redis_target.get(key)
+        for key in redis_target.stored_keys()
+        if key.startswith(f"{redis_target.prefix}:cache:")
+    ]
+    assert cached
+    for value in cached:
+        assert value is not None
+        json.loads(value)  # a pickle would not parse
+
+
+def test_rate_limits_fall_back_to_memory_and_come_back(
+    make_app: AppFactory, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = redis_app(
+        make_app,
+        redis_target,
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES={"read": {"limit": "3 per minute"}},
+        CIRCUIT_BREAKERS={},
+    )
+    client = app.test_client()
+    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "2"
+    redis_target.cut()
+    with caplog.at_level(logging.WARNING):
+        during = [client.get(ITEMS).status_code for _ in range(5)]
+    # Served, and limited in memory meanwhile: no error, and 429s again.
+    assert during[0] == 200
+    assert set(during) == {200, 429}
+    assert caplog.text.count("falling back to in-memory storage") == 1
+    redis_target.restore()
+    time.sleep(2.1)  # Flask-Limiter checks the storage again 1 s, then 2 s later
+    # Back on Redis, where one request of the three was counted.
+    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "1"
+
+
+def test_breaker_state_is_shared_through_redis(
+    make_app: AppFactory, redis_target: RedisTarget, pricing_upstream: FakeUpstream
+) -> None:
+    settings: dict[str, Any] = {
+        "PRICING_URL": pricing_upstream.url,
+        "CIRCUIT_BREAKERS": {"pricing": {"fail_max": 2, "reset_timeout": 30}},
+        "RESILIENCE_POLICIES": {"pricing": {"breaker": "pricing"}},
+    }
+    first = redis_app(make_app, redis_target, **settings)
+    with first.app_context():
+        db.session.add(Item(name="Priced"))
+        db.session.commit()
+    pricing_upstream.status = 500
+    for _ in range(2):
+        assert first.test_client().get(f"{ITEMS}/1/price").status_code == 503
+    calls = pricing_upstream.calls
+    # Another worker: its own app and breaker objects, the same Redis.
+    second = redis_app(make_app, redis_target, **settings)
+    refused = second.test_client().get(f"{ITEMS}/1/price")
+    assert refused.status_code == 503
+    assert 1 <= int(refused.headers["Retry-After"]) <= 30
+    assert pricing_upstream.calls == calls
+    with second.app_context():
+        assert breakers_of()["pricing"].current_state == "open"
+
+
+def test_redis_down_at_boot_does_not_stop_the_app(
+    make_app: AppFactory, redis_target: RedisTarget, pricing_upstream: FakeUpstream
+) -> None:
+    redis_target.cut()
+    app = redis_app(
+        make_app,
+        redis_target,
+        PRICING_URL=pricing_upstream.url,
+        RATE_LIMITS_ENABLED=True,
+    )
+    client = app.test_client()
+    assert client.post(ITEMS, json={"name": "Booted"}).status_code == 201
+    with app.app_context():
+        db.session.add(Item(name="Priced"))
+        db.session.commit()
+    assert client.get(f"{ITEMS}/2/price").status_code == 200
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.json is not None
+    assert ready.json["checks"]["redis"]["status"] == "fail"
+    assert client.get("/health/live").status_code == 200
+
+
+def test_idempotency_keys_are_shared_through_redis(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    first = redis_app(make_app, redis_target).test_client()
+    second = redis_app(make_app, redis_target).test_client()
+    key = {"Idempotency-Key": "shared-1"}
+    created = first.post(ITEMS, json={"name": "Once"}, headers=key)
+    replayed = second.post(ITEMS, json={"name": "Once"}, headers=key)
+    assert created.status_code == replayed.status_code == 201
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.get_data() == created.get_data()
+
+
+def test_idempotency_keys_fall_back_to_memory(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    app = redis_app(make_app, redis_target)
+    client = app.test_client()
+    redis_target.cut()
+    key = {"Idempotency-Key": "offline-1"}
+    assert client.post(ITEMS, json={"name": "x"}, headers=key).status_code == 201
+    again = client.post(ITEMS, json={"name": "x"}, headers=key)
+    assert (again.status_code, again.headers["Idempotent-Replayed"]) == (201, "true")
+    with app.app_context():
+        assert db.session.query(Item).count() == 1
+
+
+def test_a_cache_outage_is_a_miss_not_an_error(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    app = redis_app(make_app, redis_target)
+    client = app.test_client()
+    client.post(ITEMS, json={"name": "Cached"})
+    assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
+    redis_target.cut()
+    for _ in range(3):
+        response = client.get(ITEMS)
+        assert response.status_code == 200
+        assert response.json["total"] == 1  # type: ignore[index]
+    assert client.post(ITEMS, json={"name": "More"}).status_code == 201
+    assert client.get(ITEMS).json["total"] == 2  # type: ignore[index]
+
+
+def test_the_cache_is_shared_and_forgotten_everywhere(
+    make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    # Two workers: one database, one Redis.
+    shared = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'shared.db'}"}
+    first = redis_app(make_app, redis_target, **shared).test_client()
+    second = redis_app(make_app, redis_target, **shared).test_client()
+    first.post(ITEMS, json={"name": "One"})
+    assert first.get(ITEMS).json["total"] == 1  # type: ignore[index]
+    # A write in one worker forgets the page in all of them.
+    second.post(ITEMS, json={"name": "Two"})
+    assert first.get(ITEMS).json["total"] == 2  # type: ignore[index]
+
+
+def test_the_gate_backs_off_and_logs_once_per_outage(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = RedisGate()
+    assert gate.is_open()
+    with caplog.at_level(logging.WARNING):
+        gate.failed(ConnectionError("down"))
+        assert not gate.is_open()
+        gate.failed(ConnectionError("still down"))
+        gate.succeeded()
+        gate.succeeded()
+    assert gate.is_open()
+    messages = [record.message for record in caplog.records]
+    assert len(messages) == 2
+    assert messages[0].startswith("Redis is unreachable (ConnectionError)")
+    assert messages[1] == "Redis answers again: using it again"
+
+
+def test_the_gate_retries_after_its_cool_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])
+    gate = RedisGate()
+    gate.failed(ConnectionError())
+    assert not gate.is_open()
+    now[0] += FIRST_COOL_DOWN
+    assert gate.is_open()
+    gate.failed(ConnectionError())
+    now[0] += FIRST_COOL_DOWN
+    assert not gate.is_open(), "the second cool-down is twice as long"
+
+
+def test_without_redis_url_there_is_no_store(make_app: AppFactory) -> None:
+    assert redis_store(make_app(REDIS_URL=None)) is None

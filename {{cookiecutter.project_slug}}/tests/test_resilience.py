@@ -1,0 +1,558 @@
+"""Rate limits, circuit breakers, backpressure, idempotency keys and the cache.
+
+The embedded tier: every state store in process memory. tests/test_redis.py
+runs the same features against a real Redis and several Gunicorn workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from flask import Blueprint, Flask, g, request
+from flask.testing import FlaskClient
+from werkzeug.exceptions import InternalServerError
+
+from {{ cookiecutter.package_name }}.config import ConfigError
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.models import Item
+from {{ cookiecutter.package_name }}.resilience import (
+    backpressure,
+    breakers_of,
+    exempt,
+    protected,
+)
+from {{ cookiecutter.package_name }}.resilience.limits import IDENTITY_KEY
+
+from conftest import AppFactory, FakeUpstream
+
+ITEMS = "/api/v1/items"
+
+
+def limited_app(make_app: AppFactory, **overrides: Any) -> Flask:
+    """An app with rate limits on (tests turn them off by default)."""
+    return make_app(RATE_LIMITS_ENABLED=True, tables=True, **overrides)
+
+
+def policies(**limits: str) -> dict[str, dict[str, Any]]:
+    """The shipped policies, with some limits replaced."""
+    return {
+        "read": {"limit": limits.get("read", "300 per minute")},
+        "write": {"limit": limits.get("write", "60 per minute"), "idempotency": True},
+        "pricing": {
+            "limit": limits.get("pricing", "120 per minute"),
+            "breaker": "pricing",
+        },
+    }
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+    body: dict[str, Any] = response.json
+    return body
+
+
+# --- Rate limits -------------------------------------------------------------
+
+
+def test_a_policy_limit_answers_429_with_headers(make_app: AppFactory) -> None:
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(read="2 per minute"))
+    client = app.test_client()
+    first = client.get(ITEMS)
+    assert first.status_code == 200
+    assert first.headers["RateLimit-Limit"] == "2"
+    assert first.headers["RateLimit-Remaining"] == "1"
+    assert 0 <= int(first.headers["RateLimit-Reset"]) <= 60
+    assert first.headers["RateLimit-Policy"] == "2;w=60"
+    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "0"
+    refused = client.get(ITEMS)
+    body = problem(refused, 429)
+    assert body["title"] == "Too Many Requests"
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert refused.headers["RateLimit-Remaining"] == "0"
+
+
+def test_each_policy_counts_on_its_own(make_app: AppFactory) -> None:
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(write="1 per minute"))
+    client = app.test_client()
+    assert client.post(ITEMS, json={"name": "a"}).status_code == 201
+    problem(client.post(ITEMS, json={"name": "b"}), 429)
+    assert client.get(ITEMS).status_code == 200
+
+
+def test_views_without_a_policy_get_the_default_limit(make_app: AppFactory) -> None:
+    client = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute").test_client()
+    assert client.get("/api/openapi.json").status_code == 200
+    problem(client.get("/api/openapi.json"), 429)
+
+
+def test_health_probes_are_never_limited(make_app: AppFactory) -> None:
+    client = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute").test_client()
+    for _ in range(5):
+        assert client.get("/health/live").status_code == 200
+        assert client.get("/health/ready").status_code == 200
+
+
+def test_clients_are_counted_by_address(make_app: AppFactory) -> None:
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(read="1 per minute"))
+    client = app.test_client()
+    first = {"REMOTE_ADDR": "192.0.2.1"}
+    second = {"REMOTE_ADDR": "192.0.2.2"}
+    assert client.get(ITEMS, environ_base=first).status_code == 200
+    assert client.get(ITEMS, environ_base=second).status_code == 200
+    problem(client.get(ITEMS, environ_base=first), 429)
+
+
+def test_forwarded_addresses_count_only_behind_trusted_proxies(
+    make_app: AppFactory,
+) -> None:
+    limit = policies(read="1 per minute")
+    untrusting = limited_app(make_app, RESILIENCE_POLICIES=limit).test_client()
+    assert (
+        untrusting.get(ITEMS, headers={"X-Forwarded-For": "198.51.100.1"}).status_code
+        == 200
+    )
+    # A forged header does not buy a fresh quota.
+    problem(untrusting.get(ITEMS, headers={"X-Forwarded-For": "198.51.100.2"}), 429)
+
+    trusting = limited_app(
+        make_app, RESILIENCE_POLICIES=limit, TRUSTED_PROXIES=1
+    ).test_client()
+    assert (
+        trusting.get(ITEMS, headers={"X-Forwarded-For": "198.51.100.1"}).status_code
+        == 200
+    )
+    assert (
+        trusting.get(ITEMS, headers={"X-Forwarded-For": "198.51.100.2"}).status_code
+        == 200
+    )
+
+
+def test_verified_identities_get_their_own_quota(make_app: AppFactory) -> None:
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(read="1 per minute"))
+
+    @app.before_request
+    def verify() -> None:
+        # What the authentication layer does once credentials check out.
+        if user := request.headers.get("X-Test-User"):
+            g.setdefault(IDENTITY_KEY, f"user:{user}")
+
+    client = app.test_client()
+    assert client.get(ITEMS, headers={"X-Test-User": "1"}).status_code == 200
+    assert client.get(ITEMS, headers={"X-Test-User": "2"}).status_code == 200
+    problem(client.get(ITEMS, headers={"X-Test-User": "1"}), 429)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("POLICY_LIMIT_WRITE", "lots", "POLICY_LIMIT_WRITE='lots' is not a rate"),
+        ("RATELIMIT_DEFAULT", "1 per fortnight", "RATELIMIT_DEFAULT='1 per fort"),
+        ("REDIS_URL", "http://cache:6379", "REDIS_URL is not a Redis URL"),
+        ("TRUSTED_PROXIES", "-1", "TRUSTED_PROXIES='-1' must be at least 0"),
+    ],
+)
+def test_bad_resilience_settings_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+    make_app: AppFactory,
+    name: str,
+    value: str,
+    message: str,
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError, match=f"^{message}"):
+        make_app("development")
+
+
+def test_limits_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
+    monkeypatch.setenv("POLICY_LIMIT_READ", "7 per second")
+    monkeypatch.setenv("RATELIMIT_DEFAULT", "9 per hour")
+    config = make_app().config
+    assert config["RESILIENCE_POLICIES"]["read"]["limit"] == "7 per second"
+    assert config["RATELIMIT_DEFAULT"] == "9 per hour"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"read": {"limit": "often"}}, r"\['read'\] limit 'often' is not a rate"),
+        ({"read": {"limt": "1/second"}}, r"\['read'\] has unknown settings"),
+        ({"read": {"breaker": "billing"}}, r"names breaker 'billing'"),
+    ],
+)
+def test_bad_policies_are_refused_at_start(
+    make_app: AppFactory, setting: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_app(RESILIENCE_POLICIES=setting)
+
+
+def test_bad_breaker_settings_are_refused_at_start(make_app: AppFactory) -> None:
+    with pytest.raises(ConfigError, match=r"CIRCUIT_BREAKERS\['pricing'\] has unknown"):
+        make_app(CIRCUIT_BREAKERS={"pricing": {"failmax": 3}})
+
+
+# --- Circuit breakers and the example upstream --------------------------------
+
+
+@pytest.fixture
+def pricing_app(make_app: AppFactory, pricing_upstream: FakeUpstream) -> Flask:
+    """An app whose pricing breaker opens after 2 failures, for 1 second."""
+    app = make_app(
+        PRICING_URL=pricing_upstream.url,
+        PRICING_TIMEOUT=0.5,
+        CIRCUIT_BREAKERS={
+            "pricing": {
+                "fail_max": 2,
+                "reset_timeout": 1,
+                "exclude": ["services.http.UpstreamClientError"],
+            }
+        },
+        CACHE_TYPE="SimpleCache",
+        tables=True,
+    )
+    with app.app_context():
+        db.session.add(Item(name="Priced"))
+        db.session.commit()
+    return app
+
+
+PRICE = f"{ITEMS}/1/price"
+
+
+def test_a_price_comes_from_the_upstream(
+    pricing_app: Flask, pricing_upstream: FakeUpstream
+) -> None:
+    response = pricing_app.test_client().get(PRICE)
+    assert response.status_code == 200
+    assert response.json is not None
+    assert (response.json["amount"], response.json["currency"]) == ("12.50", "EUR")
+    assert response.json["stale"] is False
+    assert pricing_upstream.calls == 1
+
+
+def test_an_open_breaker_answers_at_once_without_the_upstream(
+    pricing_app: Flask, pricing_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = pricing_app.test_client()
+    pricing_upstream.status = 500
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            problem(client.get(PRICE), 503)
+    # A 500 is not retried (only 502-504 are): 2 calls, 2 failures, open.
+    assert pricing_upstream.calls == 2
+    assert "circuit breaker pricing: closed -> open" in caplog.text
+
+    refused = client.get(PRICE)
+    body = problem(refused, 503)
+    assert "pricing service is unavailable" in body["detail"]
+    assert refused.headers["Retry-After"] == "1"
+    assert pricing_upstream.calls == 2, "an open breaker must not call upstream"
+
+    report = client.get("/health/dependencies").json
+    assert report == {
+        "dependencies": {"pricing": {"state": "open", "failures": 2, "retry_after": 1}}
+    }
+
+
+def test_the_breaker_half_opens_and_closes_after_a_good_trial(
+    pricing_app: Flask, pricing_upstream: FakeUpstream
+) -> None:
+    client = pricing_app.test_client()
+    pricing_upstream.status = 503
+    for _ in range(2):
+        client.get(PRICE)
+    assert client.get(PRICE).status_code == 503
+    pricing_upstream.status = 200
+    time.sleep(1.1)  # reset_timeout: the next call is the trial
+    assert client.get(PRICE).status_code == 200
+    with pricing_app.app_context():
+        assert breakers_of()["pricing"].current_state == "closed"
+
+
+def test_the_upstreams_4xx_is_not_an_outage(
+    pricing_app: Flask, pricing_upstream: FakeUpstream
+) -> None:
+    client = pricing_app.test_client()
+    pricing_upstream.status = 404
+    for _ in range(4):
+        problem(client.get(PRICE), 503)
+    with pricing_app.app_context():
+        breaker = breakers_of()["pricing"]
+        assert (breaker.current_state, breaker.fail_counter) == ("closed", 0)
+
+
+def test_a_failing_upstream_serves_the_last_known_price(
+    pricing_app: Flask, pricing_upstream: FakeUpstream
+) -> None:
+    client = pricing_app.test_client()
+    assert client.get(PRICE).status_code == 200
+    pricing_upstream.delay = 1.0  # longer than PRICING_TIMEOUT
+    response = client.get(PRICE)
+    assert response.status_code == 200
+    assert response.json is not None
+    assert (response.json["amount"], response.json["stale"]) == ("12.50", True)
+
+
+def test_transient_upstream_errors_are_retried(
+    pricing_app: Flask, pricing_upstream: FakeUpstream
+) -> None:
+    pricing_upstream.statuses = [503, 502]
+    response = pricing_app.test_client().get(PRICE)
+    assert response.status_code == 200
+    assert pricing_upstream.calls == 3
+
+
+def test_an_unknown_item_has_no_price(pricing_app: Flask) -> None:
+    problem(pricing_app.test_client().get(f"{ITEMS}/99/price"), 404)
+
+
+def test_without_a_pricing_service_prices_are_unavailable(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(tables=True)
+    with app.app_context():
+        db.session.add(Item(name="Unpriced"))
+        db.session.commit()
+    body = problem(app.test_client().get(PRICE), 503)
+    assert "PRICING_URL" in body["detail"]
+
+
+def test_dependencies_report_closed_breakers(client: FlaskClient) -> None:
+    assert client.get("/health/dependencies").json == {
+        "dependencies": {
+            "pricing": {"state": "closed", "failures": 0, "retry_after": None}
+        }
+    }
+
+
+# --- Backpressure --------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_app(make_app: AppFactory) -> Iterator[tuple[Flask, threading.Event]]:
+    """An app serving one request at a time, with a view that waits to be released."""
+    app = make_app(MAX_IN_FLIGHT=1)
+    release = threading.Event()
+    entered = threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(10)
+        return "done"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise InternalServerError
+
+    app.config["entered"] = entered
+    yield app, release
+    release.set()
+
+
+def test_load_beyond_the_bound_is_shed_at_once(
+    slow_app: tuple[Flask, threading.Event],
+) -> None:
+    app, release = slow_app
+    client = app.test_client()
+    waiting = threading.Thread(target=lambda: app.test_client().get("/slow"))
+    waiting.start()
+    assert app.config["entered"].wait(5)
+    shed = client.get(ITEMS)
+    body = problem(shed, 503)
+    assert body["detail"] == "The server is at capacity; try again in a moment."
+    assert shed.headers["Retry-After"] == "1"
+    # Probes are exempt: the orchestrator still hears from the worker.
+    assert client.get("/health/live").status_code == 200
+    assert app.extensions[backpressure.EXTENSION_KEY].shed == 1
+    release.set()
+    waiting.join(5)
+    assert client.get("/slow").status_code == 200
+
+
+def test_a_failed_request_gives_its_slot_back(
+    slow_app: tuple[Flask, threading.Event],
+) -> None:
+    app, _ = slow_app
+    client = app.test_client()
+    for _ in range(3):
+        problem(client.get("/boom"), 500)
+    assert client.get("/health/ready").status_code in {200, 503}
+    assert client.get("/api/openapi.json").status_code == 200
+
+
+# --- Idempotency keys ----------------------------------------------------------
+
+
+def count_items(app: Flask) -> int:
+    with app.app_context():
+        return db.session.query(Item).count()
+
+
+def test_a_retried_post_runs_once_and_replays(app: Flask, client: FlaskClient) -> None:
+    key = {"Idempotency-Key": "order-0001"}
+    first = client.post(ITEMS, json={"name": "Once"}, headers=key)
+    again = client.post(ITEMS, json={"name": "Once"}, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert again.get_data() == first.get_data()
+    assert again.headers["Location"] == first.headers["Location"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in first.headers
+    assert count_items(app) == 1
+
+
+def test_the_same_key_for_another_request_is_a_422(client: FlaskClient) -> None:
+    key = {"Idempotency-Key": "order-0002"}
+    assert client.post(ITEMS, json={"name": "One"}, headers=key).status_code == 201
+    body = problem(client.post(ITEMS, json={"name": "Two"}, headers=key), 422)
+    assert body["errors"] == [
+        {
+            "field": "Idempotency-Key",
+            "message": "This key was already used for a different request.",
+            "code": "idempotency_key_reused",
+        }
+    ]
+
+
+def test_a_retry_while_the_first_runs_is_a_409(make_app: AppFactory) -> None:
+    app = make_app()
+    release = threading.Event()
+    entered = threading.Event()
+
+    @app.post("/slow-write")
+    @protected("write")
+    def slow_write() -> tuple[str, int]:
+        entered.set()
+        release.wait(10)
+        return "written", 201
+
+    key = {"Idempotency-Key": "slow-1"}
+    first: list[Any] = []
+    runner = threading.Thread(
+        target=lambda: first.append(app.test_client().post("/slow-write", headers=key))
+    )
+    runner.start()
+    try:
+        assert entered.wait(5)
+        problem(app.test_client().post("/slow-write", headers=key), 409)
+    finally:
+        release.set()
+        runner.join(5)
+    assert first[0].status_code == 201
+    replay = app.test_client().post("/slow-write", headers=key)
+    assert (replay.status_code, replay.get_data()) == (201, b"written")
+
+
+def test_server_errors_are_not_kept(make_app: AppFactory) -> None:
+    app = make_app()
+    calls: list[int] = []
+
+    @app.post("/flaky")
+    @protected("write")
+    def flaky() -> tuple[str, int]:
+        calls.append(1)
+        if len(calls) == 1:
+            raise InternalServerError
+        return "ok", 201
+
+    client = app.test_client()
+    key = {"Idempotency-Key": "flaky-1"}
+    problem(client.post("/flaky", headers=key), 500)
+    assert client.post("/flaky", headers=key).status_code == 201
+    assert len(calls) == 2
+
+
+def test_keys_are_scoped_to_the_caller(app: Flask, client: FlaskClient) -> None:
+    key = {"Idempotency-Key": "shared-name"}
+    for address in ("192.0.2.10", "192.0.2.11"):
+        response = client.post(
+            ITEMS,
+            json={"name": "Mine"},
+            headers=key,
+            environ_base={"REMOTE_ADDR": address},
+        )
+        assert response.status_code == 201
+        assert "Idempotent-Replayed" not in response.headers
+    assert count_items(app) == 2
+
+
+def test_keys_expire(make_app: AppFactory) -> None:
+    app = make_app(IDEMPOTENCY_TTL=1, tables=True)
+    client = app.test_client()
+    key = {"Idempotency-Key": "short-lived"}
+    assert client.post(ITEMS, json={"name": "A"}, headers=key).status_code == 201
+    time.sleep(1.1)
+    second = client.post(ITEMS, json={"name": "B"}, headers=key)
+    assert second.status_code == 201
+    assert "Idempotent-Replayed" not in second.headers
+
+
+@pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
+def test_malformed_keys_are_refused(client: FlaskClient, key: str) -> None:
+    response = client.post(ITEMS, json={"name": "x"}, headers={"Idempotency-Key": key})
+    assert response.status_code in {400, 422}
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+
+
+def test_requests_without_a_key_run_every_time(app: Flask, client: FlaskClient) -> None:
+    for _ in range(2):
+        assert client.post(ITEMS, json={"name": "Twice"}).status_code == 201
+    assert count_items(app) == 2
+
+
+def test_deletes_and_patches_take_keys_too(client: FlaskClient) -> None:
+    item = client.post(ITEMS, json={"name": "x"}).json
+    assert item is not None
+    url = f"{ITEMS}/{item['id']}"
+    key = {"Idempotency-Key": "delete-1"}
+    assert client.delete(url, headers=key).status_code == 204
+    replay = client.delete(url, headers=key)
+    assert (replay.status_code, replay.headers["Idempotent-Replayed"]) == (204, "true")
+    assert client.delete(url).status_code == 404
+
+
+# --- Cache ---------------------------------------------------------------------
+
+
+def test_the_items_list_is_cached_and_forgotten_on_writes(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(CACHE_TYPE="SimpleCache", tables=True)
+    client = app.test_client()
+    assert client.post(ITEMS, json={"name": "First"}).status_code == 201
+    assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
+    # Written behind the API's back: the cached page does not know.
+    with app.app_context():
+        db.session.add(Item(name="Sneaky"))
+        db.session.commit()
+    assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
+    # A page with other parameters is a separate entry.
+    assert client.get(f"{ITEMS}?per_page=5").json["total"] == 2  # type: ignore[index]
+    # Any write through the API forgets every cached page.
+    assert client.post(ITEMS, json={"name": "Third"}).status_code == 201
+    assert client.get(ITEMS).json["total"] == 3  # type: ignore[index]
+
+
+def test_exempt_keeps_a_blueprint_out_of_limits_and_shedding(
+    make_app: AppFactory,
+) -> None:
+    probes = exempt(Blueprint("extra_probes", __name__))
+
+    @probes.get("/extra-live")
+    def extra_live() -> str:
+        return "ok"
+
+    app = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute")
+    app.register_blueprint(probes)
+    client = app.test_client()
+    for _ in range(3):
+        assert client.get("/extra-live").status_code == 200

@@ -1,0 +1,86 @@
+"""Security headers on every response, and HSTS in production."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask, Response
+from flask.testing import FlaskClient
+
+from conftest import AppFactory
+
+EXPECTED = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@pytest.mark.parametrize(
+    "path", ["/health/live", "/api/v1/items", "/no/such/page", "/api/docs"]
+)
+def test_every_response_carries_the_security_headers(
+    client: FlaskClient, path: str
+) -> None:
+    response = client.get(path)
+    for name, value in EXPECTED.items():
+        assert response.headers[name] == value, name
+    policy = response.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "default-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert "unsafe-eval" not in policy
+    assert "Strict-Transport-Security" not in response.headers
+
+
+def test_errors_carry_them_too(app: Flask, client: FlaskClient) -> None:
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError
+
+    assert client.get("/boom").headers["X-Frame-Options"] == "DENY"
+
+
+def test_production_adds_hsts(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
+    monkeypatch.setenv("SECRET_KEY", "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga")
+    monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    response = make_app("production").test_client().get("/health/live")
+    assert response.headers["Strict-Transport-Security"].startswith("max-age=")
+
+
+def test_a_view_can_set_its_own_value(app: Flask, client: FlaskClient) -> None:
+    @app.get("/embeddable")
+    def embeddable() -> Response:
+        response = Response("ok")
+        response.headers["X-Frame-Options"] = "SAMEORIGIN"
+        return response
+
+    assert client.get("/embeddable").headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_the_headers_are_configured_in_one_place(make_app: AppFactory) -> None:
+    app = make_app(SECURITY_HEADERS={"X-Custom": "yes"})
+    response = app.test_client().get("/health/live")
+    assert response.headers["X-Custom"] == "yes"
+    assert "X-Frame-Options" not in response.headers
+
+
+def test_double_slashes_are_not_redirected(client: FlaskClient) -> None:
+    # Werkzeug would answer 308 with the client's Host header in Location.
+    response = client.get("/api//v1/items", headers={"Host": "evil.example"})
+    assert response.status_code == 404
+    assert "Location" not in response.headers
+
+
+def test_an_encoded_slash_is_not_a_slash(client: FlaskClient) -> None:
+    # The server decodes %2F in PATH_INFO; the raw URI says what was sent.
+    response = client.get(
+        "/api/v1/items", environ_overrides={"RAW_URI": "/api/v1%2Fitems"}
+    )
+    assert response.status_code == 404
+    response = client.get(
+        "/api/v1/items", environ_overrides={"REQUEST_URI": "/api/v1/items?q=%2F"}
+    )
+    assert response.status_code == 200
