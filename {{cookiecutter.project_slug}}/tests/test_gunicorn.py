@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -25,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import PROJECT, FakeUpstream, Relay
+from conftest import PROJECT, FakeUpstream
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -428,56 +429,101 @@ def test_a_key_runs_once_across_workers(
     assert server.stop() == 0
 
 
-@needs_redis
-def test_redis_dying_mid_traffic_fails_no_request(
-    start_server: Any, production_database: str, redis_settings: dict[str, str]
-) -> None:
-    real = redis.Redis.from_url(redis_settings["REDIS_URL"])
-    target = real.connection_pool.connection_kwargs
-    relay = Relay(target.get("host", "127.0.0.1"), target.get("port", 6379))
-    database = target.get("db", 0)
-    prefix = redis_settings["REDIS_KEY_PREFIX"]
-    try:
-        server = start_server(
-            SECRET_KEY=SAFE_SECRET,
-            DATABASE_URL=production_database,
-            WEB_CONCURRENCY="2",
-            **(
-                redis_settings
-                | {"REDIS_URL": f"redis://127.0.0.1:{relay.port}/{database}"}
-            ),
-            POLICY_LIMIT_READ="100000 per minute",
-            POLICY_LIMIT_WRITE="100000 per minute",
+class OwnRedis:
+    """A redis-server of this test's own on 127.0.0.1, which it may kill."""
+
+    def __init__(self, executable: str) -> None:
+        self.executable = executable
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - a fixed command line
+            [
+                self.executable,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        headers = {"Content-Type": "application/json"}
-        statuses: list[int] = []
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                    client.ping()
+                    return
+            except redis.ConnectionError:
+                assert self.process.poll() is None, "redis-server exited"
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
 
-        def traffic(seconds: float) -> None:
-            until = time.monotonic() + seconds
-            number = 0
-            while time.monotonic() < until:
-                number += 1
-                key = {"Idempotency-Key": f"{prefix}-{number}-{time.monotonic()}"}
-                statuses.append(server.request("GET", "/api/v1/items").status)
-                statuses.append(
-                    server.request(
-                        "POST", "/api/v1/items", b'{"name": "t"}', headers | key
-                    ).status
-                )
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes mid-command, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=15)
 
-        traffic(1)
-        assert list(real.scan_iter(f"{prefix}:limits*")), "counting in Redis"
-        relay.cut()  # Redis is gone: connections reset, new ones refused
-        traffic(3)
-        assert set(statuses) <= {200, 201}, sorted(set(statuses))
-        relay.restore()
-        time.sleep(4.5)  # each worker's limiter retries Redis 1, 2, then 4 s on
-        for key in real.scan_iter(f"{prefix}:limits*"):
-            real.delete(key)
-        traffic(1)
-        assert list(real.scan_iter(f"{prefix}:limits*")), "counting in Redis again"
-        assert set(statuses) <= {200, 201}, sorted(set(statuses))
-        assert server.stop() == 0
-    finally:
-        relay.close()
-        real.close()
+    def keys(self, pattern: str) -> list[bytes]:
+        with redis.Redis.from_url(self.url) as client:
+            return list(client.scan_iter(pattern))
+
+
+@pytest.fixture
+def own_redis() -> Iterator[OwnRedis]:
+    executable = shutil.which("redis-server")
+    if executable is None:
+        pytest.skip("redis-server is not installed: this test starts and kills one")
+    server = OwnRedis(executable)
+    server.start()
+    yield server
+    server.kill()
+
+
+def test_redis_dying_mid_traffic_fails_no_request(
+    start_server: Any, production_database: str, own_redis: OwnRedis
+) -> None:
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        WEB_CONCURRENCY="2",
+        REDIS_URL=own_redis.url,
+        GUNICORN_THREADS="4",
+        POLICY_LIMIT_READ="100000 per minute",
+        POLICY_LIMIT_WRITE="100000 per minute",
+    )
+    headers = {"Content-Type": "application/json"}
+    statuses: list[int] = []
+    number = 0
+
+    def traffic(seconds: float) -> None:
+        nonlocal number
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            number += 1
+            key = {"Idempotency-Key": f"traffic-{number}"}
+            statuses.append(server.request("GET", "/api/v1/items").status)
+            statuses.append(
+                server.request(
+                    "POST", "/api/v1/items", b'{"name": "t"}', headers | key
+                ).status
+            )
+
+    traffic(1)
+    assert own_redis.keys("*:limits*"), "the limits count in Redis"
+    own_redis.kill()
+    traffic(3)
+    assert set(statuses) <= {200, 201}, sorted(set(statuses))
+    ready = server.request("GET", "/health/ready")
+    assert ready.status == 503
+    assert ready.json()["checks"]["redis"]["status"] == "fail"
+
+    own_redis.start()  # an empty Redis on the same port, as after a restart
+    time.sleep(4.5)  # each worker retries Redis 1, 2, then 4 s into the outage
+    traffic(1)
+    assert own_redis.keys("*:limits*"), "the limits count in Redis again"
+    assert own_redis.keys("*:idempotency:*"), "so do the idempotency keys"
+    assert set(statuses) <= {200, 201}, sorted(set(statuses))
+    assert server.request("GET", "/health/ready").status == 200
+    assert server.stop() == 0

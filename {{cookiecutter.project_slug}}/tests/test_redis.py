@@ -27,6 +27,14 @@ from {{ cookiecutter.package_name }}.resilience.store import (
 from conftest import AppFactory, FakeUpstream, RedisTarget
 
 ITEMS = "/api/v1/items"
+DOCUMENT = "/api/openapi.json"
+
+
+def outside_a_window_edge() -> None:
+    """Wait until the current one-minute window has at least 10 s left."""
+    into_window = time.time() % 60
+    if into_window > 50:
+        time.sleep(60.5 - into_window)
 
 
 def redis_app(make_app: AppFactory, target: RedisTarget, **overrides: Any) -> Flask:
@@ -82,6 +90,7 @@ def test_rate_limits_fall_back_to_memory_and_come_back(
         CIRCUIT_BREAKERS={},
     )
     client = app.test_client()
+    outside_a_window_edge()
     assert client.get(ITEMS).headers["RateLimit-Remaining"] == "2"
     redis_target.cut()
     with caplog.at_level(logging.WARNING):
@@ -89,11 +98,32 @@ def test_rate_limits_fall_back_to_memory_and_come_back(
     # Served, and limited in memory meanwhile: no error, and 429s again.
     assert during[0] == 200
     assert set(during) == {200, 429}
+    assert caplog.text.count("Redis is unreachable") == 1
+    redis_target.restore()
+    time.sleep(FIRST_COOL_DOWN + 0.1)
+    # Back on Redis, where one request of the three was counted.
+    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "1"
+
+
+def test_default_limits_fall_back_to_memory_too(
+    make_app: AppFactory, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
+) -> None:
+    # /api/openapi.json has no policy: Flask-Limiter counts its default limit.
+    app = redis_app(
+        make_app, redis_target, RATE_LIMITS_ENABLED=True, RATELIMIT_DEFAULT="3/minute"
+    )
+    client = app.test_client()
+    outside_a_window_edge()
+    assert client.get(DOCUMENT).headers["RateLimit-Remaining"] == "2"
+    redis_target.cut()
+    with caplog.at_level(logging.WARNING):
+        during = [client.get(DOCUMENT).status_code for _ in range(5)]
+    assert during[0] == 200
+    assert set(during) == {200, 429}
     assert caplog.text.count("falling back to in-memory storage") == 1
     redis_target.restore()
     time.sleep(2.1)  # Flask-Limiter checks the storage again 1 s, then 2 s later
-    # Back on Redis, where one request of the three was counted.
-    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "1"
+    assert client.get(DOCUMENT).headers["RateLimit-Remaining"] == "1"
 
 
 def test_breaker_state_is_shared_through_redis(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from flask import Flask, Response
+from flask import Flask, Response, session
 from flask.testing import FlaskClient
 
 from conftest import AppFactory
@@ -65,6 +65,31 @@ def test_the_headers_are_configured_in_one_place(make_app: AppFactory) -> None:
     response = app.test_client().get("/health/live")
     assert response.headers["X-Custom"] == "yes"
     assert "X-Frame-Options" not in response.headers
+
+
+def test_sessions_round_trip_and_refuse_tampering(app: Flask) -> None:
+    @app.get("/remember")
+    def remember() -> str:
+        session["seen"] = session.get("seen", 0) + 1
+        return str(session["seen"])
+
+    client = app.test_client()
+    assert client.get("/remember").get_data(as_text=True) == "1"
+    assert client.get("/remember").get_data(as_text=True) == "2"
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    client.set_cookie("session", cookie.value[:-2] + "xx")
+    assert client.get("/remember").get_data(as_text=True) == "1"
+
+
+def test_no_signer_is_built_without_a_session_cookie(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_signer(*_args: object) -> None:
+        raise AssertionError("a signer was built")
+
+    monkeypatch.setattr(app.session_interface, "get_signing_serializer", no_signer)
+    assert app.test_client().get("/health/live").status_code == 200
 
 
 def test_double_slashes_are_not_redirected(client: FlaskClient) -> None:

@@ -1,4 +1,4 @@
-"""Security headers on every response, and URLs that mean one thing.
+"""Security headers on every response, URLs that mean one thing, cheap sessions.
 
 ``SECURITY_HEADERS`` in config.py holds the headers: a Content-Security-Policy
 without 'unsafe-inline', nosniff, no framing, no referrer, and HSTS in
@@ -9,11 +9,17 @@ Each resource has one URL, so a cache or a path rule in a proxy in front means
 what it says: ``/api//v1`` is not redirected (Werkzeug's redirect would put the
 client's Host header into Location), an encoded slash (``/api/v1%2Fitems``) is
 a 404, and ``<int:...>`` takes ASCII digits without leading zeros only.
+
+Sessions are Flask's signed cookies; a request without a session cookie gets
+an empty session without building a signer (see ``SessionInterface``).
 """
 
 from __future__ import annotations
 
-from flask import Flask, Response, abort, current_app, request
+from collections.abc import Callable, Mapping
+
+from flask import Flask, Request, Response, abort, request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -29,11 +35,35 @@ class CanonicalIntConverter(IntegerConverter):
     regex = r"(?:0|[1-9][0-9]{0,17})"
 
 
-def add_security_headers(response: Response) -> Response:
-    """Add each configured header the response does not already have."""
-    for name, value in current_app.config["SECURITY_HEADERS"].items():
-        response.headers.setdefault(name, value)
-    return response
+def security_headers(configured: Mapping[str, str]) -> Callable[[Response], Response]:
+    """An after_request hook adding each of `configured` a response lacks.
+
+    One pass over the response's headers, instead of one per configured header.
+    """
+    wanted = [(name, name.lower(), value) for name, value in configured.items()]
+
+    def add_security_headers(response: Response) -> Response:
+        headers = response.headers
+        present = {name.lower() for name in headers.keys()}  # noqa: SIM118 - Headers
+        for name, lowered, value in wanted:
+            if lowered not in present:
+                headers.add(name, value)
+        return response
+
+    return add_security_headers
+
+
+class SessionInterface(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, opened without a signer when no cookie came.
+
+    Flask builds the signer for every request; most API requests carry no
+    session cookie, and a new empty session needs none.
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and self.get_cookie_name(app) not in request.cookies:
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def refuse_encoded_slashes() -> None:
@@ -57,5 +87,6 @@ def init_app(app: Flask) -> None:
         )
     app.url_map.converters["int"] = CanonicalIntConverter
     app.url_map.merge_slashes = False
+    app.session_interface = SessionInterface()
     app.before_request(refuse_encoded_slashes)
-    app.after_request(add_security_headers)
+    app.after_request(security_headers(app.config["SECURITY_HEADERS"]))

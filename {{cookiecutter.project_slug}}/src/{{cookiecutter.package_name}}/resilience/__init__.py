@@ -35,11 +35,14 @@ def exempt(blueprint: Blueprint) -> Blueprint:
 def init_app(app: Flask) -> None:
     """Wire every part to the app, on Redis when REDIS_URL is set."""
     shared = store.init_app(app)
+    policies = protect.load_policies(app.config["RESILIENCE_POLICIES"])
     backpressure.init_app(app, EXEMPT)
-    limits.init_app(app, shared)
+    limits.init_app(
+        app, shared, {name: policy.limit for name, policy in policies.items()}
+    )
     breakers.init_app(app, shared)
     idempotency.init_app(app, shared)
-    protect.init_app(app)
+    protect.init_app(app, policies)
     cache.init_app(app)
 
 

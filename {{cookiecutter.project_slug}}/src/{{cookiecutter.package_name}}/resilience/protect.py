@@ -24,7 +24,7 @@ from limits import parse_many
 from ..config import ConfigError
 from . import idempotency
 from .breakers import breakers_of
-from .limits import limiter
+from .limits import POLICY_ATTRIBUTE, enforce
 
 EXTENSION_KEY = "resilience_policies"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -69,24 +69,27 @@ def policy(name: str) -> Policy:
 
 
 def protected(name: str) -> Callable[[View[P]], View[P]]:
-    """Apply policy `name`: its limit, then its breaker, then idempotency."""
+    """Apply policy `name`: its limit, then its breaker, then idempotency.
+
+    The limit is counted first, so replays and refusals count too; the view
+    is left out of the default limit (it has its own).
+    """
 
     def decorate(view: View[P]) -> View[P]:
         @functools.wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            enforce(name)
             chosen = policy(name)
             if chosen.breaker:
                 breakers_of().check(chosen.breaker)
-            key = request.headers.get(idempotency.HEADER)
-            if not (chosen.idempotency and key and request.method in UNSAFE_METHODS):
-                return view(*args, **kwargs)
-            return run_once(key, lambda: view(*args, **kwargs))
+            if chosen.idempotency and request.method in UNSAFE_METHODS:
+                key = request.headers.get(idempotency.HEADER)
+                if key is not None:
+                    return run_once(key, lambda: view(*args, **kwargs))
+            return view(*args, **kwargs)
 
-        # The limit is checked first, so replays and refusals count too.
-        limited: View[P] = limiter.limit(
-            lambda: policy(name).limit, scope=f"policy:{name}"
-        )(guarded)
-        return limited
+        setattr(guarded, POLICY_ATTRIBUTE, name)
+        return guarded
 
     return decorate
 
@@ -110,8 +113,7 @@ def run_once(key: str, call: Callable[[], ResponseReturnValue]) -> Response:
     return response
 
 
-def init_app(app: Flask) -> None:
-    policies = load_policies(app.config["RESILIENCE_POLICIES"])
+def init_app(app: Flask, policies: dict[str, Policy]) -> None:
     breakers = breakers_of(app)
     for name, chosen in policies.items():
         if chosen.breaker and chosen.breaker not in breakers:

@@ -1,0 +1,1 @@
+"""`make bench`: the overhead against bare Flask, and goodput under overload."""
