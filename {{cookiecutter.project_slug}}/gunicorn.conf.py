@@ -59,6 +59,9 @@ errorlog = "-"
 
 def on_starting(server: Arbiter) -> None:
     """Refuse unsafe or invalid settings in one line before any worker starts."""
+    # The thread count in force, whichever way it was set (GUNICORN_THREADS,
+    # --threads, GUNICORN_CMD_ARGS): the app leaves one free (MAX_IN_FLIGHT).
+    os.environ["GUNICORN_THREADS"] = str(server.cfg.threads)
     try:
         config = check_server_config()
     except ConfigError as error:

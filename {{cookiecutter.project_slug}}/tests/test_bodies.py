@@ -176,6 +176,28 @@ def test_numbers_with_too_many_digits_are_refused(client: FlaskClient) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("number", "detail"),
+    [
+        ("1." + "0" * 100_000, "A number in the body has more than 100 digits."),
+        ("1e999", "A number in the body is too large."),
+        ("-1e400", "A number in the body is too large."),
+        ("NaN", "NaN is not a JSON value."),
+        ("Infinity", "Infinity is not a JSON value."),
+        ("-Infinity", "-Infinity is not a JSON value."),
+    ],
+)
+def test_floats_and_constants_are_bounded_too(
+    client: FlaskClient, number: str, detail: str
+) -> None:
+    body = '{"name": "x", "quantity": ' + number + "}"
+    response = client.post(ITEMS, data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json is not None
+    assert response.json["detail"] == detail
+    assert item_count(client) == 0
+
+
 def test_repeated_members_are_refused(client: FlaskClient) -> None:
     response = client.post(
         ITEMS,

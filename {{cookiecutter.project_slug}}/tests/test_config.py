@@ -72,18 +72,29 @@ def test_trusted_hosts_come_from_the_environment(
     monkeypatch.setenv("TRUSTED_HOSTS", "api.example.com, .example.org,")
     app = make_app("production")
     assert app.config["TRUSTED_HOSTS"] == ["api.example.com", ".example.org"]
-    assert (
-        app.test_client()
-        .get("/health/live", headers={"Host": "evil.example.net"})
-        .status_code
-        == 400
-    )
-    assert (
-        app.test_client()
-        .get("/health/live", headers={"Host": "api.example.com"})
-        .status_code
-        == 200
-    )
+    client = app.test_client()
+    refused = client.get("/api/openapi.json", headers={"Host": "evil.example.net"})
+    assert refused.status_code == 400
+    assert refused.mimetype == "application/problem+json"
+    trusted = client.get("/api/openapi.json", headers={"Host": "api.example.com"})
+    assert trusted.status_code == 200
+
+
+def test_probes_answer_whatever_the_host(
+    monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
+) -> None:
+    # Orchestrators probe a pod by its address, which TRUSTED_HOSTS never names.
+    monkeypatch.setenv("TRUSTED_HOSTS", ".example.org")
+    client = make_app("production").test_client()
+    for path in ("/health/live", "/health/ready", "/health/dependencies"):
+        assert client.get(path, headers={"Host": "10.1.2.3:8000"}).status_code in {
+            200,
+            503,
+        }, path
+    assert client.get("/health/live", headers={"Host": "10.1.2.3"}).json == {
+        "status": "pass",
+        "checks": {},
+    }
 
 
 def test_the_flag_is_not_a_setting() -> None:
@@ -115,6 +126,10 @@ def test_production_refuses_a_missing_secret_key(
         ("0123456789abcdef" * 2, "repeats a pattern"),
         ("abcdefghijklmnopqrstuvwxyz0123456789", "repeats a pattern or runs through"),
         ("this-is-my-super-secret-key-for-dev-use", "is made of common words"),
+        ("The quick brown fox jumps over the lazy dog", "contains whitespace"),
+        ("correct horse battery staple mauve kitten", "contains whitespace"),
+        ("qwertyuiopasdfghjklzxcvbnm1234567890", "repeats a pattern or runs"),
+        ("QwErTyUiOp[]AsDfGhJkL;'ZxCvBnM,./0", "repeats a pattern or runs"),
         ("ThisIsMySuperSecretKeyForDevUse2024!!", "is made of common words"),
         ("my_development_secret_key_change_before_prod", "is made of common words"),
     ],
@@ -321,12 +336,54 @@ def test_database_urls_get_the_installed_driver(url: str, expected: str) -> None
         ("HEALTH_CHECK_TIMEOUT", "soon", "is not a number of seconds"),
         ("HEALTH_CHECK_TIMEOUT", "-1", "must be a positive number of seconds"),
         ("HEALTH_CHECK_TIMEOUT", "inf", "must be a positive number of seconds"),
+        ("HEALTH_CHECK_TIMEOUT", "1e20", "must be a positive number of seconds"),
+        ("PRICING_TIMEOUT", "61", "must be a positive number of seconds, at most 60"),
+        ("DATABASE_STATEMENT_TIMEOUT", "3000000", "is more than the 86400 allowed"),
+        ("DATABASE_CONNECT_TIMEOUT", "301", "is more than the 300 allowed"),
+        ("IDEMPOTENCY_TTL", "99999999", "is more than the 2592000 allowed"),
         ("API_DOCS_ENABLED", "maybe", "is not a yes/no value"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str, message: str) -> None:
     with pytest.raises(ConfigError, match=rf"^{name}='{value}' {message}"):
         settings.TestingConfig({name: value})
+
+
+@pytest.mark.parametrize("url", ["ftp://pricing", "not a url", "https://", "http:///x"])
+def test_the_pricing_url_must_be_http(url: str) -> None:
+    with pytest.raises(
+        ConfigError, match=r"^PRICING_URL is not an http:// or https://"
+    ):
+        settings.TestingConfig({"PRICING_URL": url})
+    assert (
+        settings.TestingConfig(
+            {"PRICING_URL": "https://p.internal:8443/v1"}
+        ).PRICING_URL
+        == "https://p.internal:8443/v1"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("sslmode=bogus", "sets sslmode to something other than one of allow, disable"),
+        ("target_session_attrs=rw", "sets target_session_attrs to something other"),
+        ("sslmdoe=require", "has a setting libpq does not know: 'sslmdoe'"),
+    ],
+)
+def test_libpq_settings_are_checked_at_start(query: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=rf"^DATABASE_URL {message}"):
+        database_uri(
+            "DATABASE_URL",
+            f"postgresql://u:pw@h/db?{query}",
+            {"connect": 5, "statement": 30},
+        )
+    uri = database_uri(
+        "DATABASE_URL",
+        "postgresql://u@h/db?sslmode=verify-full",
+        {"connect": 5, "statement": 30},
+    )
+    assert "sslmode=verify-full" in uri
 
 
 def test_integers_can_have_a_maximum() -> None:

@@ -129,12 +129,15 @@ def start_server() -> Iterator[Any]:
     """Start Gunicorn with the project's config; every server is stopped after."""
     servers: list[Server] = []
 
-    def start(**variables: str) -> Server:
+    def start(args: str = "", **variables: str) -> Server:
+        """Gunicorn on a free port; `args` join its command line (GUNICORN_CMD_ARGS)."""
         port = free_port()
+        env = server_env(port, **variables)
+        env["GUNICORN_CMD_ARGS"] += f" {args}"
         process = subprocess.Popen(  # noqa: S603 - a fixed command line
             [*SERVER, "wsgi:application"],
             cwd=PROJECT,
-            env=server_env(port, **variables),
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -279,6 +282,30 @@ def test_liveness_answers_while_the_database_hangs(
     assert items.status == 503
     assert items.headers["Content-Type"] == "application/problem+json"
     assert items.headers["Retry-After"] == "5"
+    assert server.stop() == 0
+
+
+def test_the_in_flight_bound_follows_the_threads_in_force(
+    start_server: Any, hung_server: int
+) -> None:
+    # --threads on the command line, not GUNICORN_THREADS: still one thread
+    # stays free, so a second request is shed and liveness answers at once.
+    server = start_server(
+        "--threads 2",
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=f"postgresql://app@127.0.0.1:{hung_server}/app",
+        DATABASE_CONNECT_TIMEOUT="5",
+    )
+    waiting = threading.Thread(target=lambda: server.request("GET", "/api/v1/items"))
+    waiting.start()
+    time.sleep(0.3)  # the first request holds its slot, waiting on the database
+    started = time.monotonic()
+    shed = server.request("GET", "/api/v1/items")
+    assert shed.status == 503
+    assert shed.json()["detail"] == "The server is at capacity; try again in a moment."
+    assert server.request("GET", "/health/live").status == 200
+    assert time.monotonic() - started < 1
+    waiting.join(timeout=REQUEST_TIMEOUT)
     assert server.stop() == 0
 
 
@@ -494,7 +521,8 @@ def test_redis_dying_mid_traffic_fails_no_request(
         POLICY_LIMIT_WRITE="100000 per minute",
     )
     headers = {"Content-Type": "application/json"}
-    statuses: list[int] = []
+    served: list[int] = []
+    keyed: list[Answer] = []
     number = 0
 
     def traffic(seconds: float) -> None:
@@ -503,27 +531,38 @@ def test_redis_dying_mid_traffic_fails_no_request(
         while time.monotonic() < until:
             number += 1
             key = {"Idempotency-Key": f"traffic-{number}"}
-            statuses.append(server.request("GET", "/api/v1/items").status)
-            statuses.append(
+            served.append(server.request("GET", "/api/v1/items").status)
+            served.append(
                 server.request(
-                    "POST", "/api/v1/items", b'{"name": "t"}', headers | key
+                    "POST", "/api/v1/items", b'{"name": "t"}', headers
                 ).status
+            )
+            keyed.append(
+                server.request("POST", "/api/v1/items", b'{"name": "k"}', headers | key)
             )
 
     traffic(1)
     assert own_redis.keys("*:limits*"), "the limits count in Redis"
+    assert {answer.status for answer in keyed} == {201}
     own_redis.kill()
+    keyed.clear()
     traffic(3)
-    assert set(statuses) <= {200, 201}, sorted(set(statuses))
+    # Served throughout; only requests whose key cannot be checked wait (503).
+    assert set(served) <= {200, 201}, sorted(set(served))
+    assert {answer.status for answer in keyed} <= {201, 503}
+    assert 503 in {answer.status for answer in keyed}
+    assert all(a.headers["Retry-After"] == "5" for a in keyed if a.status == 503)
     ready = server.request("GET", "/health/ready")
     assert ready.status == 503
     assert ready.json()["checks"]["redis"]["status"] == "fail"
 
     own_redis.start()  # an empty Redis on the same port, as after a restart
     time.sleep(4.5)  # each worker retries Redis 1, 2, then 4 s into the outage
+    keyed.clear()
     traffic(1)
     assert own_redis.keys("*:limits*"), "the limits count in Redis again"
     assert own_redis.keys("*:idempotency:*"), "so do the idempotency keys"
-    assert set(statuses) <= {200, 201}, sorted(set(statuses))
+    assert set(served) <= {200, 201}, sorted(set(served))
+    assert {answer.status for answer in keyed} == {201}
     assert server.request("GET", "/health/ready").status == 200
     assert server.stop() == 0

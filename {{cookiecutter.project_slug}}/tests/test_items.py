@@ -265,6 +265,11 @@ def test_body_over_the_limit_is_a_413(app: Flask, client: FlaskClient) -> None:
         ({"name": "\u0085"}, "name", "string_pattern_mismatch"),
         ({"name": "a\u009bb"}, "name", "string_pattern_mismatch"),
         ({"name": "abc\u202etxt.exe"}, "name", "string_pattern_mismatch"),
+        # Fillers, marks and blanks that render as nothing at all.
+        ({"name": "\u061c"}, "name", "string_pattern_mismatch"),
+        ({"name": "\u3164"}, "name", "string_pattern_mismatch"),
+        ({"name": "\u2800\u034f"}, "name", "string_pattern_mismatch"),
+        ({"name": "\ufe0f\uffa0\u115f"}, "name", "string_pattern_mismatch"),
         ({"name": "x", "description": "a\u2066b"}, "description", None),
         ({"name": "Widget", "colour": "red"}, "colour", "extra_forbidden"),
     ],

@@ -188,18 +188,26 @@ def test_idempotency_keys_are_shared_through_redis(
     assert replayed.get_data() == created.get_data()
 
 
-def test_idempotency_keys_fall_back_to_memory(
+def test_idempotency_keys_fail_closed_while_redis_is_away(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
     app = redis_app(make_app, redis_target)
     client = app.test_client()
     redis_target.cut()
     key = {"Idempotency-Key": "offline-1"}
+    # Every worker would keep keys of its own: refuse rather than run twice.
+    refused = client.post(ITEMS, json={"name": "x"}, headers=key)
+    assert refused.status_code == 503
+    assert refused.headers["Retry-After"] == "5"
+    # Requests without a key are served as always.
+    assert client.post(ITEMS, json={"name": "y"}).status_code == 201
+    redis_target.restore()
+    time.sleep(FIRST_COOL_DOWN + 0.1)
     assert client.post(ITEMS, json={"name": "x"}, headers=key).status_code == 201
     again = client.post(ITEMS, json={"name": "x"}, headers=key)
     assert (again.status_code, again.headers["Idempotent-Replayed"]) == (201, "true")
     with app.app_context():
-        assert db.session.query(Item).count() == 1
+        assert db.session.query(Item).count() == 2
 
 
 def test_a_cache_outage_is_a_miss_not_an_error(
@@ -215,6 +223,22 @@ def test_a_cache_outage_is_a_miss_not_an_error(
         assert response.status_code == 200
         assert response.json["total"] == 1  # type: ignore[index]
     assert client.post(ITEMS, json={"name": "More"}).status_code == 201
+    assert client.get(ITEMS).json["total"] == 2  # type: ignore[index]
+
+
+def test_writes_missed_during_an_outage_leave_nothing_stale(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    app = redis_app(make_app, redis_target)
+    client = app.test_client()
+    client.post(ITEMS, json={"name": "Cached"})
+    assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
+    assert redis_target.stored_keys(), "the page is cached in Redis"
+    redis_target.cut()
+    # The write cannot forget the cached page: Redis is away.
+    assert client.post(ITEMS, json={"name": "Missed"}).status_code == 201
+    redis_target.restore()
+    time.sleep(FIRST_COOL_DOWN + 0.1)
     assert client.get(ITEMS).json["total"] == 2  # type: ignore[index]
 
 

@@ -86,6 +86,21 @@ def test_each_policy_counts_on_its_own(make_app: AppFactory) -> None:
     assert client.get(ITEMS).status_code == 200
 
 
+def test_the_views_of_a_policy_share_its_limit(make_app: AppFactory) -> None:
+    # One counter per policy and client, whichever of its views is called:
+    # "write" at 2 per minute allows 2 writes, not 2 per method.
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(write="2 per minute"))
+    client = app.test_client()
+    created = client.post(ITEMS, json={"name": "a"})
+    assert created.status_code == 201
+    assert (
+        client.patch(created.headers["Location"], json={"quantity": 2}).status_code
+        == 200
+    )
+    problem(client.delete(created.headers["Location"]), 429)
+    assert count_items(app) == 1
+
+
 def test_views_without_a_policy_get_the_default_limit(make_app: AppFactory) -> None:
     client = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute").test_client()
     assert client.get("/api/openapi.json").status_code == 200
@@ -371,12 +386,37 @@ def test_load_beyond_the_bound_is_shed_at_once(
     body = problem(shed, 503)
     assert body["detail"] == "The server is at capacity; try again in a moment."
     assert shed.headers["Retry-After"] == "1"
-    # Probes are exempt: the orchestrator still hears from the worker.
+    # Liveness and the breaker report take no slot: they still answer.
     assert client.get("/health/live").status_code == 200
+    assert client.get("/health/dependencies").status_code == 200
     assert app.extensions[backpressure.EXTENSION_KEY].shed == 1
     release.set()
     waiting.join(5)
     assert client.get("/slow").status_code == 200
+
+
+def test_readiness_at_the_bound_says_the_worker_is_at_capacity(
+    slow_app: tuple[Flask, threading.Event],
+) -> None:
+    # Readiness checks may wait on backends, so they take a slot: a flood of
+    # probes cannot hold every thread, and a full worker reports not ready.
+    app, release = slow_app
+    waiting = threading.Thread(target=lambda: app.test_client().get("/slow"))
+    waiting.start()
+    assert app.config["entered"].wait(5)
+    for path in ("/health/ready", "/health/startup"):
+        shed = app.test_client().get(path)
+        assert (shed.status_code, shed.mimetype) == (503, "application/json")
+        assert shed.headers["Retry-After"] == "1"
+        report = shed.json
+        assert report is not None
+        assert report["status"] == "fail"
+        assert report["checks"]["capacity"]["error"] == (
+            "the worker is at its in-flight bound (MAX_IN_FLIGHT)"
+        )
+    release.set()
+    waiting.join(5)
+    assert app.test_client().get("/health/ready").status_code == 200
 
 
 def test_a_failed_request_gives_its_slot_back(
@@ -496,11 +536,19 @@ def test_keys_expire(make_app: AppFactory) -> None:
     assert "Idempotent-Replayed" not in second.headers
 
 
+@pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE"])
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
-def test_malformed_keys_are_refused(client: FlaskClient, key: str) -> None:
-    response = client.post(ITEMS, json={"name": "x"}, headers={"Idempotency-Key": key})
-    assert response.status_code in {400, 422}
-    assert response.mimetype == PROBLEM_MEDIA_TYPE
+def test_malformed_keys_are_422s_naming_the_header(
+    app: Flask, client: FlaskClient, key: str, method: str
+) -> None:
+    # What the documented header schema refuses is a 422, as for any field.
+    url = ITEMS if method == "POST" else f"{ITEMS}/1"
+    response = client.open(
+        url, method=method, json={"name": "x"}, headers={"Idempotency-Key": key}
+    )
+    body = problem(response, 422)
+    assert [error["field"] for error in body["errors"]] == ["Idempotency-Key"]
+    assert count_items(app) == 0
 
 
 def test_requests_without_a_key_run_every_time(app: Flask, client: FlaskClient) -> None:

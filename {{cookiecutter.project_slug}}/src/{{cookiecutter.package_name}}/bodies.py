@@ -7,8 +7,9 @@
   hand over what arrived before the client stopped.
 - Compressed bodies are refused (415): nothing here decompresses them.
 - JSON objects may not repeat a member (``{"a": 1, "a": 2}`` is refused, not
-  "last one wins") nor have more than MAX_JSON_OBJECT_MEMBERS members, and
-  numbers may not have more than MAX_JSON_NUMBER_DIGITS digits.
+  "last one wins") nor have more than MAX_JSON_OBJECT_MEMBERS members;
+  numbers may not have more than MAX_JSON_NUMBER_DIGITS digits nor overflow,
+  and NaN and Infinity (which Python's parser accepts) are refused.
 - A 204 or 304 answer, or an empty OPTIONS answer, carries no Content-Type.
 """
 
@@ -16,8 +17,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from flask import Flask, Response, request
 from flask.json.provider import DefaultJSONProvider
@@ -68,6 +70,23 @@ def bounded_int(digits: str) -> int:
     return int(digits)
 
 
+def bounded_float(text: str) -> float:
+    """A ``json.loads`` parse_float: at most so many digits, and a finite value."""
+    if sum(char.isdigit() for char in text) > MAX_JSON_NUMBER_DIGITS:
+        raise JSONBodyError(
+            f"A number in the body has more than {MAX_JSON_NUMBER_DIGITS} digits."
+        )
+    value = float(text)
+    if not math.isfinite(value):
+        raise JSONBodyError("A number in the body is too large.")
+    return value
+
+
+def no_constant(name: str) -> NoReturn:
+    """A ``json.loads`` parse_constant: NaN and Infinity are not JSON."""
+    raise JSONBodyError(f"{name} is not a JSON value.")
+
+
 class StrictJSONProvider(DefaultJSONProvider):
     """Flask's JSON provider, parsing request bodies with `strict_object_hook`."""
 
@@ -78,6 +97,8 @@ class StrictJSONProvider(DefaultJSONProvider):
             limit = self._app.config["MAX_JSON_OBJECT_MEMBERS"]
             kwargs["object_pairs_hook"] = strict_object_hook(limit)
             kwargs["parse_int"] = bounded_int
+            kwargs["parse_float"] = bounded_float
+            kwargs["parse_constant"] = no_constant
         return json.loads(s, **kwargs)
 
 

@@ -14,12 +14,16 @@ from types import MappingProxyType
 from typing import Any, ClassVar
 
 import click
+import psycopg
 from flask.cli import run_command
 from flask.helpers import get_debug_flag
 from limits import parse_many
+from psycopg.conninfo import make_conninfo
 from redis import ConnectionPool
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from .secret_key import weakness
 
@@ -37,6 +41,19 @@ DATABASE_DRIVERS = {
     "sqlite+pysqlite": "sqlite+pysqlite",
 }
 SUPPORTED_DATABASES = "postgresql:// (psycopg 3) or sqlite://"
+# Seconds: PostgreSQL's statement_timeout is milliseconds in a 32-bit integer.
+MAX_CONNECT_TIMEOUT = 300
+MAX_STATEMENT_TIMEOUT = 24 * 60 * 60
+# libpq settings whose values libpq checks only when it connects: checked here,
+# so a typo is a start-up error, not a 503 on every request.
+LIBPQ_CHOICES = {
+    "sslmode": frozenset(
+        {"disable", "allow", "prefer", "require", "verify-ca", "verify-full"}
+    ),
+    "target_session_attrs": frozenset(
+        {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}
+    ),
+}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -71,6 +88,7 @@ def database_uri(variable: str, url: str, timeouts: Mapping[str, int]) -> str:
         )
     parsed = parsed.set(drivername=driver)
     if driver.startswith("postgresql"):
+        check_libpq_settings(variable, parsed.query)
         for name, value in postgresql_settings(timeouts).items():
             given = parsed.query.get(name)
             if given is None:
@@ -80,6 +98,25 @@ def database_uri(variable: str, url: str, timeouts: Mapping[str, int]) -> str:
                     f"{variable} sets {name} to something other than a whole number"
                 )
     return parsed.render_as_string(hide_password=False)
+
+
+def check_libpq_settings(variable: str, query: Mapping[str, Any]) -> None:
+    """Refuse settings in the URL that libpq does not know, or values it refuses."""
+    settings = {name: str(value) for name, value in query.items()}
+    for name in settings:
+        try:
+            make_conninfo("", **{name: "1"})
+        except psycopg.ProgrammingError:
+            # The name only: a value in a database URL may be a password.
+            raise ConfigError(
+                f"{variable} has a setting libpq does not know: {name!r}"
+            ) from None
+    for name, choices in LIBPQ_CHOICES.items():
+        if name in settings and settings[name] not in choices:
+            raise ConfigError(
+                f"{variable} sets {name} to something other than one of "
+                f"{', '.join(sorted(choices))}"
+            )
 
 
 # libpq settings the project fills in; those whose value must be a number.
@@ -168,8 +205,10 @@ def redis_url(environ: Mapping[str, str], variable: str) -> str | None:
     return url
 
 
-def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    """Read a positive number of seconds, or fail naming the variable."""
+def env_seconds(
+    environ: Mapping[str, str], name: str, default: float, *, maximum: float
+) -> float:
+    """Read a positive number of seconds, at most `maximum`, or fail naming it."""
     raw = environ.get(name, "").strip()
     if not raw:
         return default
@@ -177,9 +216,28 @@ def env_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if not 0 < value < float("inf"):
-        raise ConfigError(f"{name}={raw!r} must be a positive number of seconds")
+    if not 0 < value <= maximum:
+        raise ConfigError(
+            f"{name}={raw!r} must be a positive number of seconds, at most {maximum:g}"
+        )
     return value
+
+
+def http_url(environ: Mapping[str, str], name: str) -> str | None:
+    """An http:// or https:// URL with a host from `name`, or None when unset."""
+    raw = environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        parsed = parse_url(raw)
+    except LocationParseError:
+        parsed = None
+    if parsed is None or parsed.scheme not in {"http", "https"} or not parsed.host:
+        raise ConfigError(
+            f"{name} is not an http:// or https:// URL (for example "
+            "https://pricing.internal:8443)"
+        )
+    return raw
 
 
 def env_bool(environ: Mapping[str, str], name: str, *, default: bool) -> bool:
@@ -319,10 +377,16 @@ class Config:
         if not self.SECRET_KEY and self.ephemeral_secret_key:
             self.SECRET_KEY = secrets.token_urlsafe(48)
         self.DATABASE_CONNECT_TIMEOUT = env_int(
-            environ, "DATABASE_CONNECT_TIMEOUT", self.DATABASE_CONNECT_TIMEOUT
+            environ,
+            "DATABASE_CONNECT_TIMEOUT",
+            self.DATABASE_CONNECT_TIMEOUT,
+            maximum=MAX_CONNECT_TIMEOUT,
         )
         self.DATABASE_STATEMENT_TIMEOUT = env_int(
-            environ, "DATABASE_STATEMENT_TIMEOUT", self.DATABASE_STATEMENT_TIMEOUT
+            environ,
+            "DATABASE_STATEMENT_TIMEOUT",
+            self.DATABASE_STATEMENT_TIMEOUT,
+            maximum=MAX_STATEMENT_TIMEOUT,
         )
         variable, url = self.database_url(environ)
         if url:
@@ -335,13 +399,13 @@ class Config:
                 },
             )
         self.MAX_CONTENT_LENGTH = env_int(
-            environ, "MAX_CONTENT_LENGTH", self.MAX_CONTENT_LENGTH
+            environ, "MAX_CONTENT_LENGTH", self.MAX_CONTENT_LENGTH, maximum=2**30
         )
         self.MIGRATIONS_DIRECTORY = environ.get(
             "MIGRATIONS_DIRECTORY", self.MIGRATIONS_DIRECTORY
         )
         self.HEALTH_CHECK_TIMEOUT = env_seconds(
-            environ, "HEALTH_CHECK_TIMEOUT", self.HEALTH_CHECK_TIMEOUT
+            environ, "HEALTH_CHECK_TIMEOUT", self.HEALTH_CHECK_TIMEOUT, maximum=60
         )
         self.API_DOCS_ENABLED = env_bool(
             environ, "API_DOCS_ENABLED", default=self.API_DOCS_ENABLED
@@ -378,10 +442,12 @@ class Config:
         self.MAX_IN_FLIGHT = env_int(
             environ, "MAX_IN_FLIGHT", max(1, threads - 1), maximum=10_000
         )
-        self.IDEMPOTENCY_TTL = env_int(environ, "IDEMPOTENCY_TTL", self.IDEMPOTENCY_TTL)
-        self.PRICING_URL = environ.get("PRICING_URL") or None
+        self.IDEMPOTENCY_TTL = env_int(
+            environ, "IDEMPOTENCY_TTL", self.IDEMPOTENCY_TTL, maximum=30 * 24 * 3600
+        )
+        self.PRICING_URL = http_url(environ, "PRICING_URL")
         self.PRICING_TIMEOUT = env_seconds(
-            environ, "PRICING_TIMEOUT", self.PRICING_TIMEOUT
+            environ, "PRICING_TIMEOUT", self.PRICING_TIMEOUT, maximum=60
         )
 
     @staticmethod

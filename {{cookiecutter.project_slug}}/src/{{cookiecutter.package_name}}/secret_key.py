@@ -1,13 +1,17 @@
 """Whether a SECRET_KEY looks random enough to sign sessions in production.
 
-A length check alone accepts ``"a" * 40`` and ``this-is-my-super-secret-key-for-dev``.
-The rules below refuse keys a person made up while accepting every key from the
+A length check alone accepts ``"a" * 40``, ``this-is-my-super-secret-key-for-dev``
+and ``qwertyuiopasdfghjklzxcvbnm1234567890``. The rules below refuse keys a
+person made up (placeholders, whitespace, few distinct characters, repeats,
+sequences, keyboard runs, common words) while accepting every key from the
 usual generators (``secrets.token_urlsafe``, ``secrets.token_hex``, ``openssl
 rand -base64``, ``uuid4``): simulated over 10^5 keys each, random keys never come
 near the thresholds.
 """
 
 from __future__ import annotations
+
+import itertools
 
 MIN_LENGTH = 32
 MIN_DISTINCT_CHARACTERS = 8
@@ -61,6 +65,9 @@ def weakness(key: str | None) -> str | None:  # noqa: PLR0911 - a return per rul
             f"is too short ({len(key)} characters without surrounding whitespace; "
             f"at least {MIN_LENGTH})"
         )
+    if any(char.isspace() for char in key):
+        # No generator of random keys emits whitespace; people's phrases do.
+        return "contains whitespace (a phrase, not a random key)"
     judged = key[:JUDGED_LENGTH]
     distinct = len(set(judged))
     if distinct < MIN_DISTINCT_CHARACTERS:
@@ -76,8 +83,9 @@ def pattern_share(key: str) -> float:
     """The share of characters that a short pattern predicts.
 
     A character is predicted when it repeats the one a fixed number of places back
-    (``aaaa``, ``abcabc``), or continues the step of the two before it (``abcd``,
-    ``1357``); the best period and the steps are counted separately.
+    (``aaaa``, ``abcabc``), continues the step of the two before it (``abcd``,
+    ``1357``), or is the next key along a keyboard row (``qwerty``, ``asdf``);
+    the best period, the steps and the keyboard runs are counted separately.
     """
     codes = [ord(char) for char in key]
     length = len(codes)
@@ -89,7 +97,18 @@ def pattern_share(key: str) -> float:
         codes[index] - codes[index - 1] == codes[index - 1] - codes[index - 2]
         for index in range(2, length)
     )
-    return max(repeats, steps) / length
+    lowered = key.lower()
+    runs = sum(
+        KEYBOARD_NEXT.get(lowered[index - 1]) == lowered[index]
+        for index in range(1, length)
+    )
+    return max(repeats, steps, runs) / length
+
+
+# The key to the right of each key on a US keyboard, row by row (each row's last
+# key leads to the next row's first, as people type them in one sweep).
+KEYBOARD_ROWS = "1234567890-=qwertyuiop[]asdfghjkl;'zxcvbnm,./"
+KEYBOARD_NEXT = dict(itertools.pairwise(KEYBOARD_ROWS))
 
 
 def word_share(text: str) -> float:

@@ -10,18 +10,28 @@ what it says: ``/api//v1`` is not redirected (Werkzeug's redirect would put the
 client's Host header into Location), an encoded slash (``/api/v1%2Fitems``) is
 a 404, and ``<int:...>`` takes ASCII digits without leading zeros only.
 
+With TRUSTED_HOSTS set, a request for another Host is a 400, except the health
+probes: an orchestrator calls them by the pod's address (``ProbeHost``).
+
 Sessions are Flask's signed cookies; a request without a session cookie gets
 an empty session without building a signer (see ``SessionInterface``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING
 
 from flask import Flask, Request, Response, abort, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+# Where the health blueprint is mounted.
+PROBE_PREFIX = "/health/"
 
 
 class CanonicalIntConverter(IntegerConverter):
@@ -53,6 +63,26 @@ def security_headers(configured: Mapping[str, str]) -> Callable[[Response], Resp
     return add_security_headers
 
 
+class ProbeHost:
+    """WSGI middleware: health probes pass Flask's TRUSTED_HOSTS check.
+
+    Kubernetes and most load balancers probe a pod by its IP address, which no
+    TRUSTED_HOSTS list names. A probe builds no URL from its Host, so it is
+    given the first trusted name instead; every other request is checked.
+    """
+
+    def __init__(self, app: WSGIApplication, trusted_hosts: list[str]) -> None:
+        self.app = app
+        self.host = trusted_hosts[0].lstrip(".")
+
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "").startswith(PROBE_PREFIX):
+            environ["HTTP_HOST"] = self.host
+        return self.app(environ, start_response)
+
+
 class SessionInterface(SecureCookieSessionInterface):
     """Flask's signed-cookie sessions, opened without a signer when no cookie came.
 
@@ -80,6 +110,8 @@ def init_app(app: Flask) -> None:
     entries of X-Forwarded-For and X-Forwarded-Proto (what those proxies
     appended); with 0, those headers are ignored, as anyone can send them.
     """
+    if trusted_hosts := app.config["TRUSTED_HOSTS"]:
+        app.wsgi_app = ProbeHost(app.wsgi_app, trusted_hosts)  # type: ignore[method-assign]
     proxies = app.config["TRUSTED_PROXIES"]
     if proxies:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

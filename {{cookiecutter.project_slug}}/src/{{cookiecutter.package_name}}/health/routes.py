@@ -1,18 +1,25 @@
-"""Probes for orchestrators: live (the process answers), ready, startup."""
+"""Probes for orchestrators: live (the process answers), ready, startup.
+
+Probes are never rate limited. Liveness touches nothing and is never shed, so
+it answers even while every other thread waits on a stuck backend. Readiness
+and startup run checks that may wait up to HEALTH_CHECK_TIMEOUT, so they take
+an in-flight slot like any request: at the bound they answer at once that the
+worker is at capacity (a 503 health report), and a flood of probes cannot hold
+every thread.
+"""
 
 from __future__ import annotations
 
 from typing import Literal
 
-from flask import Blueprint, current_app
+from flask import Blueprint, Response, current_app
 from pydantic import BaseModel
-from spectree import Response as Responses
 
 from ..extensions import spec
-from ..resilience import breakers_of, exempt
+from ..openapi import RETRY_AFTER, Responses
+from ..resilience import LoadShed, breakers_of, exempt, never_shed
 from .checks import Check, CheckReport, registry, run_checks
 
-# Probes are never rate limited or shed: an orchestrator must always get an answer.
 health_bp = exempt(Blueprint("health", __name__, url_prefix="/health"))
 TAGS = ["health"]
 
@@ -24,6 +31,36 @@ class HealthReport(BaseModel):
     checks: dict[str, CheckReport]
 
 
+def checked_responses() -> Responses:
+    """Readiness and startup: a report either way, Retry-After when at capacity."""
+    return Responses(
+        HTTP_200=HealthReport,
+        HTTP_503=HealthReport,
+        headers={503: {"Retry-After": RETRY_AFTER}},
+    )
+
+
+@health_bp.errorhandler(LoadShed)
+def at_capacity(error: LoadShed) -> Response:
+    """A shed probe: a failed health report naming the reason, not a problem."""
+    shed = HealthReport(
+        status="fail",
+        checks={
+            "capacity": CheckReport(
+                status="fail",
+                duration_ms=0.0,
+                error="the worker is at its in-flight bound (MAX_IN_FLIGHT)",
+            )
+        },
+    )
+    return current_app.response_class(
+        shed.model_dump_json(),
+        status=503,
+        mimetype="application/json",
+        headers=dict(error.get_headers()) | {"Content-Type": "application/json"},
+    )
+
+
 def report(checks: dict[str, Check]) -> tuple[HealthReport, int]:
     results = run_checks(checks)
     healthy = all(result.status == "pass" for result in results.values())
@@ -32,6 +69,7 @@ def report(checks: dict[str, Check]) -> tuple[HealthReport, int]:
 
 
 @health_bp.get("/live")
+@never_shed
 @spec.validate(
     resp=Responses(HTTP_200=HealthReport), tags=TAGS, operation_id="health_live"
 )
@@ -42,7 +80,7 @@ def live() -> HealthReport:
 
 @health_bp.get("/ready")
 @spec.validate(
-    resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport),
+    resp=checked_responses(),
     tags=TAGS,
     operation_id="health_ready",
 )
@@ -66,6 +104,7 @@ class DependenciesReport(BaseModel):
 
 
 @health_bp.get("/dependencies")
+@never_shed
 @spec.validate(
     resp=Responses(HTTP_200=DependenciesReport),
     tags=TAGS,
@@ -87,7 +126,7 @@ def dependencies() -> DependenciesReport:
 
 @health_bp.get("/startup")
 @spec.validate(
-    resp=Responses(HTTP_200=HealthReport, HTTP_503=HealthReport),
+    resp=checked_responses(),
     tags=TAGS,
     operation_id="health_startup",
 )

@@ -6,7 +6,8 @@ and the cache to Redis together, so that several workers share them (Gunicorn
 refuses to start several workers without it: see gunicorn.conf.py).
 
 Views opt in with one decorator, ``@protected("policy")``; every view gets
-backpressure; blueprints marked with ``exempt`` (the health probes) get neither.
+backpressure except those marked ``never_shed``; blueprints marked with
+``exempt`` (the health probes) get no rate limit.
 """
 
 from __future__ import annotations
@@ -15,20 +16,17 @@ from flask import Blueprint, Flask
 
 from ..extensions import cache
 from . import backpressure, breakers, idempotency, limits, protect, store
+from .backpressure import LoadShed, never_shed
 from .breakers import BreakerOpen, breakers_of
 from .idempotency import IdempotencyKeyHeader
 from .limits import limiter
 from .protect import protected
 from .store import redis_store
 
-# Blueprints whose views are neither limited nor shed (see `exempt`).
-EXEMPT: set[str] = set()
-
 
 def exempt(blueprint: Blueprint) -> Blueprint:
-    """Keep a blueprint's views out of rate limits and load shedding (probes)."""
+    """Keep a blueprint's views out of rate limits (an orchestrator's probes)."""
     limiter.exempt(blueprint)
-    EXEMPT.add(blueprint.name)
     return blueprint
 
 
@@ -36,7 +34,7 @@ def init_app(app: Flask) -> None:
     """Wire every part to the app, on Redis when REDIS_URL is set."""
     shared = store.init_app(app)
     policies = protect.load_policies(app.config["RESILIENCE_POLICIES"])
-    backpressure.init_app(app, EXEMPT)
+    backpressure.init_app(app)
     limits.init_app(
         app, shared, {name: policy.limit for name, policy in policies.items()}
     )
@@ -49,10 +47,12 @@ def init_app(app: Flask) -> None:
 __all__ = [
     "BreakerOpen",
     "IdempotencyKeyHeader",
+    "LoadShed",
     "breakers_of",
     "exempt",
     "init_app",
     "limiter",
+    "never_shed",
     "protected",
     "redis_store",
 ]

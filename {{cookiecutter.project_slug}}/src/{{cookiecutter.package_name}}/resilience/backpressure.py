@@ -2,22 +2,35 @@
 
 Beyond the bound the app sheds load at once, with 503 and Retry-After, instead
 of queueing requests until clients time out. The default leaves one of
-Gunicorn's threads free, so that probes and shed answers go out even while
-every admitted request waits on a stuck backend.
+Gunicorn's threads free, so that liveness and shed answers go out even while
+every admitted request waits on a stuck backend. Views marked ``never_shed``
+(liveness: it touches no backend) take no slot; everything else does, the
+readiness probe included, so that probes cannot hold every thread either.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Set
+from collections.abc import Callable
+from typing import TypeVar
 
-from flask import Flask, g, request
+from flask import Flask, current_app, g, request
 from werkzeug.exceptions import ServiceUnavailable
 
 EXTENSION_KEY = "backpressure"
 ADMITTED = "backpressure_admitted"
+# What never_shed marks a view with.
+NEVER_SHED_ATTRIBUTE = "never_shed"
+F = TypeVar("F", bound=Callable[..., object])
 logger = logging.getLogger(__name__)
+
+
+def never_shed(view: F) -> F:
+    """Serve `view` even at the bound, taking no slot: only for views that touch
+    no backend and answer at once (liveness)."""
+    setattr(view, NEVER_SHED_ATTRIBUTE, True)
+    return view
 
 
 class LoadShed(ServiceUnavailable):
@@ -47,9 +60,10 @@ class InFlight:
         self._slots.release()
 
 
-def admit(in_flight: InFlight, exempt: Set[str]) -> None:
+def admit(in_flight: InFlight) -> None:
     """before_request: take a slot, or shed the request."""
-    if not exempt.isdisjoint(request.blueprints):
+    view = current_app.view_functions.get(request.endpoint or "")
+    if getattr(view, NEVER_SHED_ATTRIBUTE, False):
         return
     if not in_flight.try_enter():
         raise LoadShed
@@ -63,10 +77,10 @@ def release(_error: BaseException | None) -> None:
         in_flight.leave()
 
 
-def init_app(app: Flask, exempt: Set[str]) -> InFlight:
-    """Bound the app's in-flight requests; `exempt` names blueprints left alone."""
+def init_app(app: Flask) -> InFlight:
+    """Bound the app's in-flight requests (views marked never_shed excepted)."""
     in_flight = InFlight(app.config["MAX_IN_FLIGHT"])
     app.extensions[EXTENSION_KEY] = in_flight
-    app.before_request(lambda: admit(in_flight, exempt))
+    app.before_request(lambda: admit(in_flight))
     app.teardown_request(release)
     return in_flight

@@ -7,7 +7,8 @@ same request (method, path, query and body) gets that answer again, marked
 a retry while the first is still running is a 409. 5xx answers are not kept,
 so such a request can be retried. Keys are scoped to the caller (its verified
 identity or address), expire after IDEMPOTENCY_TTL seconds, and live in Redis
-with REDIS_URL (in process memory while Redis is down), else in memory.
+with REDIS_URL, else in memory. While Redis is unreachable, requests with a key
+get 503 (see IdempotencyKeys): running them could run them twice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import re
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -24,23 +25,22 @@ from typing import Literal, NoReturn, TypedDict
 
 import redis
 from flask import Flask, Response, current_app, request
-from pydantic import BaseModel, ConfigDict, Field
-from werkzeug.exceptions import BadRequest, Conflict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from werkzeug.exceptions import Conflict, ServiceUnavailable
 
-from ..errors import FieldError, RequestValidationError
+from ..errors import FieldError, RequestValidationError, field_errors
 from .limits import client_identity, scope_of
 from .store import RedisStore
 
 EXTENSION_KEY = "idempotency"
 HEADER = "Idempotency-Key"
-# The draft makes the key a structured-field string; printable ASCII, bounded.
-KEY_PATTERN = re.compile(r"[\x20-\x7e]{1,255}")
 # How long a reservation holds while its request runs; a crashed worker's
 # reservation expires after this, so the key becomes usable again.
 RUNNING_TTL = 60
 # Headers worth replaying: the rest are recomputed for the new response.
 REPLAYED_HEADERS = ("Content-Type", "Location")
 MEMORY_CAPACITY = 10_000
+logger = logging.getLogger(__name__)
 
 Decision = Literal["run", "replay", "conflict", "mismatch"]
 
@@ -50,6 +50,7 @@ class IdempotencyKeyHeader(BaseModel):
 
     model_config = ConfigDict(populate_by_name=True)
 
+    # The draft makes the key a structured-field string: printable ASCII, bounded.
     idempotency_key: str | None = Field(
         default=None,
         alias="Idempotency-Key",
@@ -111,54 +112,77 @@ class MemoryKeys:
             self._items.pop(key, None)
 
 
+class KeysUnavailable(ServiceUnavailable):
+    """503: the shared key store cannot be reached, so "at most once" cannot be kept."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "Idempotency keys cannot be checked right now; retry later with the "
+            "same key."
+        )
+
+
 class IdempotencyKeys:
-    """Reservations and stored answers, in Redis or in memory."""
+    """Reservations and stored answers: in Redis with REDIS_URL, else in memory.
+
+    With Redis the store fails closed: while it is unreachable, a request that
+    carries a key is refused (503) rather than run, since every worker would
+    otherwise keep keys of its own and run the same request once each.
+    """
 
     def __init__(self, store: RedisStore | None, ttl: int) -> None:
         self.store = store
         self.ttl = ttl
         self.memory = MemoryKeys()
 
-    def _up(self) -> RedisStore | None:
-        """The Redis store, unless there is none or it is cooling down."""
-        return self.store if self.store and self.store.gate.is_open() else None
-
     def reserve(self, key: str, value: str) -> str | None:
         """Reserve `key` with `value`; if it is taken, return what it holds."""
-        store = self._up()
-        if store is not None:
-            try:
-                if store.reserve(key, value, ttl=RUNNING_TTL):
-                    store.gate.succeeded()
-                    return None
-                existing = store.get(key)
-            except redis.RedisError as error:
-                store.gate.failed(error)
-            else:
+        store = self.store
+        if store is None:
+            return self.memory.reserve(key, value, RUNNING_TTL)
+        if not store.gate.is_open():
+            raise KeysUnavailable
+        try:
+            if store.reserve(key, value, ttl=RUNNING_TTL):
                 store.gate.succeeded()
-                # It expired between SET and GET: the next retry will take it.
-                return existing.decode() if existing else value
-        return self.memory.reserve(key, value, RUNNING_TTL)
+                return None
+            existing = store.get(key)
+        except redis.RedisError as error:
+            store.gate.failed(error)
+            raise KeysUnavailable from None
+        store.gate.succeeded()
+        # It expired between SET and GET: the next retry will take it.
+        return existing.decode() if existing else value
 
     def put(self, key: str, value: str) -> None:
-        store = self._up()
-        if store is not None:
-            try:
-                store.set(key, value, ttl=self.ttl)
-            except redis.RedisError as error:
-                store.gate.failed(error)
-            else:
-                return
-        self.memory.put(key, value, self.ttl)
+        """Keep the answer; if Redis went away meanwhile, the reservation expires."""
+        store = self.store
+        if store is None:
+            self.memory.put(key, value, self.ttl)
+            return
+        try:
+            store.set(key, value, ttl=self.ttl)
+        except redis.RedisError as error:
+            store.gate.failed(error)
+            logger.warning(
+                "the answer to an idempotent request could not be stored (%s): "
+                "a retry after %s s will run it again",
+                type(error).__name__,
+                RUNNING_TTL,
+            )
+        else:
+            store.gate.succeeded()
 
     def drop(self, key: str) -> None:
-        store = self._up()
-        if store is not None:
-            try:
-                store.delete(key)
-            except redis.RedisError as error:
-                store.gate.failed(error)
-        self.memory.drop(key)
+        """Free the key (after a failure), so a retry may run."""
+        store = self.store
+        if store is None:
+            self.memory.drop(key)
+            return
+        try:
+            store.delete(key)
+        except redis.RedisError as error:
+            store.gate.failed(error)
 
 
 def fingerprint() -> str:
@@ -180,8 +204,11 @@ def storage_key(idempotency_key: str) -> str:
 
 def begin(keys: IdempotencyKeys, idempotency_key: str) -> Reservation:
     """Reserve the key for this request, or say why the request must not run."""
-    if not KEY_PATTERN.fullmatch(idempotency_key):
-        raise BadRequest(f"{HEADER} must be 1 to 255 printable ASCII characters.")
+    try:
+        IdempotencyKeyHeader.model_validate({HEADER: idempotency_key})
+    except ValidationError as error:
+        # The header's documented schema decides, and its failures are 422s.
+        raise RequestValidationError(field_errors(error), error.error_count()) from None
     key = storage_key(idempotency_key)
     mine = fingerprint()
     reservation: Record = {"fingerprint": mine, "state": "running"}
