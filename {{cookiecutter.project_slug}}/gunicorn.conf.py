@@ -7,9 +7,12 @@ this file.
 
 from __future__ import annotations
 
+import json
 import os
+import socket
 import sys
 
+from gunicorn import util
 from gunicorn.arbiter import Arbiter
 
 from {{ cookiecutter.package_name }}.config import (
@@ -17,6 +20,7 @@ from {{ cookiecutter.package_name }}.config import (
     check_server_config,
     env_int,
 )
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 
 CPUS = os.cpu_count() or 1
 # Far beyond what helps, and a typo away from exhausting the machine's memory
@@ -73,3 +77,31 @@ def on_starting(server: Arbiter) -> None:
             "keys and cache, which silently disagree. Set REDIS_URL, or run one "
             "worker (WEB_CONCURRENCY=1)."
         )
+
+
+def write_problem(
+    client: socket.socket, status: int, reason: str, _message: str
+) -> None:
+    """Gunicorn's own answers to requests it cannot parse, as problem documents.
+
+    Gunicorn refuses malformed requests (a bad header, an over-long URL) before
+    the app sees them, with an HTML page quoting what it refused; this answers
+    in the API's one error shape instead, and quotes nothing the client sent.
+    """
+    body = json.dumps(
+        {
+            "type": "about:blank",
+            "title": reason,
+            "status": status,
+            "detail": "The server could not read the request.",
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(client, head.encode("latin-1") + body)
+
+
+# Gunicorn calls util.write_error for every request it refuses itself.
+util.write_error = write_problem

@@ -224,9 +224,9 @@ def test_the_config_passes_gunicorns_own_check() -> None:
             {
                 "SECRET_KEY": SAFE_SECRET,
                 "DATABASE_URL": "sqlite://",
-                "WEB_CONCURRENCY": "2",
+                "WEB_CONCURRENCY": "4",
             },
-            "Error: 2 workers need REDIS_URL",
+            "Error: 4 workers need REDIS_URL",
         ),
         (
             {"WEB_CONCURRENCY": "100000"},
@@ -306,6 +306,34 @@ def test_the_in_flight_bound_follows_the_threads_in_force(
     assert server.request("GET", "/health/live").status == 200
     assert time.monotonic() - started < 1
     waiting.join(timeout=REQUEST_TIMEOUT)
+    assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nSecret\x01Name: 1\r\n\r\n", 400),
+        (b"BREW / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+    ],
+    ids=["long-url", "bad-header-name", "bad-http-version"],
+)
+def test_requests_gunicorn_refuses_get_problem_documents(
+    start_server: Any, production_database: str, request_head: bytes, status: int
+) -> None:
+    server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+        raw.sendall(request_head)
+        answer = b""
+        while chunk := raw.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"Content-Type: application/problem+json" in head
+    problem = json.loads(body)
+    assert problem["status"] == status
+    assert problem["detail"] == "The server could not read the request."
+    assert b"Secret" not in answer
     assert server.stop() == 0
 
 

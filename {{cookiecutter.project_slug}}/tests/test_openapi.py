@@ -18,6 +18,7 @@ from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 
 from conftest import AppFactory, FakeUpstream
 
+ITEMS = "/api/v1/items"
 PROBLEM_SCHEMAS = {
     "#/components/schemas/Problem",
     "#/components/schemas/ValidationProblem",
@@ -94,18 +95,67 @@ def test_problem_responses_use_the_problem_media_type(client: FlaskClient) -> No
     assert set(create["201"]["content"]) == {"application/json"}
 
 
-def test_documented_headers_are_the_ones_sent(client: FlaskClient) -> None:
+def test_signalling_headers_are_documented(client: FlaskClient) -> None:
     paths = served_document(client)["paths"]
-    created = paths["/api/v1/items"]["post"]["responses"]["201"]
-    assert set(created["headers"]) == {"Location"}
-    response = client.post("/api/v1/items", json={"name": "Widget"})
-    assert response.headers["Location"]
+    created = paths["/api/v1/items"]["post"]["responses"]["201"]["headers"]
+    assert {"Location", "Idempotent-Replayed", "RateLimit-Remaining"} <= set(created)
+    listed = paths["/api/v1/items"]["get"]["responses"]["200"]["headers"]
+    assert "Idempotent-Replayed" not in listed
     for _, _, operation in operations(served_document(client)):
         for status in ("429", "503"):
             response = operation["responses"].get(status, {})
             if PROBLEM_MEDIA_TYPE in response.get("content", {}):
                 assert "Retry-After" in response["headers"], operation["operationId"]
     assert "503" in paths["/api/v1/items/{item_id}"]["get"]["responses"]
+
+
+# Headers that tell a client something about this answer: each must be in the
+# document wherever it is sent.
+SIGNALLING_HEADERS = (
+    "Location",
+    "Retry-After",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+    "Idempotent-Replayed",
+)
+
+
+def test_every_signalling_header_sent_is_documented(make_app: AppFactory) -> None:
+    app = make_app(
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES={
+            "read": {"limit": "3 per minute"},
+            "write": {"limit": "3 per minute", "idempotency": True},
+            "pricing": {"limit": "3 per minute", "breaker": "pricing"},
+        },
+        tables=True,
+    )
+    client = app.test_client()
+    document = served_document(client)
+    key = {"Idempotency-Key": "documented-1"}
+    item = "/api/v1/items/{item_id}"
+    answers = [
+        ("/api/v1/items", "post", client.post(ITEMS, json={"name": "a"}, headers=key)),
+        ("/api/v1/items", "post", client.post(ITEMS, json={"name": "a"}, headers=key)),
+        ("/api/v1/items", "post", client.post(ITEMS, json={"name": "b"}, headers=key)),
+        ("/api/v1/items", "post", client.post(ITEMS, json={"name": "c"})),
+        ("/api/v1/items", "get", client.get(ITEMS)),
+        (item, "get", client.get(f"{ITEMS}/1")),
+        (item, "patch", client.patch(f"{ITEMS}/1", json={"name": ""})),
+        (item, "get", client.get(f"{ITEMS}/2")),
+        (f"{item}/price", "get", client.get(f"{ITEMS}/1/price")),
+    ]
+    statuses = set()
+    for path, method, response in answers:
+        statuses.add(response.status_code)
+        status = str(response.status_code)
+        documented = document["paths"][path][method]["responses"][status]
+        sent = {name for name in SIGNALLING_HEADERS if name in response.headers}
+        assert sent <= set(documented.get("headers", {})), (path, method, status)
+    # Successes, replays, refusals and limits were all looked at.
+    assert {200, 201, 422, 429, 503} <= statuses
 
 
 def test_partial_updates_document_no_defaults(client: FlaskClient) -> None:

@@ -6,8 +6,10 @@ describes what the API really sends:
 - problem documents (``errors.Problem`` and its subclasses) are declared as
   ``application/problem+json``, which is how errors.py sends them;
 - response headers: those a view names (``Location`` on a 201), Retry-After on
-  every 429 and 503 problem, which errors.py always adds, and the RateLimit
-  fields on every 429.
+  every 429 and 503 problem, which errors.py always adds, the RateLimit fields
+  on every answer of an operation that can answer 429 (it is rate limited),
+  and ``Idempotent-Replayed`` on the successes of operations that take an
+  ``Idempotency-Key`` (``replayable=True``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ RATE_LIMIT: dict[str, Header] = {
 }
 
 
+REPLAYED: Header = {
+    "description": (
+        "Present (true) when this is the stored answer to an earlier request "
+        "with the same Idempotency-Key."
+    ),
+    "schema": {"type": "string", "enum": ["true"]},
+}
+
+
 class Responses(Response):
     """spectree's Response, with problem media types and response headers."""
 
@@ -58,12 +69,14 @@ class Responses(Response):
         self,
         *codes: str,
         headers: Mapping[int, Mapping[str, Header]] | None = None,
+        replayable: bool = False,
         **code_models: Any,
     ) -> None:
         super().__init__(*codes, **code_models)
         self.headers = {
             str(code): dict(named) for code, named in (headers or {}).items()
         }
+        self.replayable = replayable
 
     def generate_spec(
         self, naming_strategy: Callable[[Any], str] = get_model_key
@@ -73,13 +86,16 @@ class Responses(Response):
             if isinstance(model, type) and issubclass(model, Problem):
                 content = responses[code.removeprefix("HTTP_")]["content"]
                 content[PROBLEM_MEDIA_TYPE] = content.pop("application/json")
+        rate_limited = "429" in responses
         for status, response in responses.items():
             headers = dict(self.headers.get(status, {}))
             is_problem = PROBLEM_MEDIA_TYPE in response.get("content", {})
             if is_problem and int(status) in RETRYABLE_STATUSES:
                 headers.setdefault("Retry-After", RETRY_AFTER)
-            if is_problem and status == "429":
+            if rate_limited:
                 headers = {**RATE_LIMIT, **headers}
+            if self.replayable and status.startswith("2"):
+                headers["Idempotent-Replayed"] = REPLAYED
             if headers:
                 response["headers"] = headers
         return responses
