@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import flask_limiter
 import pytest
 from flask import Blueprint, Flask, g, request
 from flask.testing import FlaskClient
@@ -99,6 +100,27 @@ def test_the_views_of_a_policy_share_its_limit(make_app: AppFactory) -> None:
     )
     problem(client.delete(created.headers["Location"]), 429)
     assert count_items(app) == 1
+
+
+def test_protected_views_skip_flask_limiters_per_request_work(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checked: list[bool] = []
+    original = flask_limiter.Limiter._check_request_limit
+
+    def counting(self: flask_limiter.Limiter, *args: Any, **kwargs: Any) -> None:
+        checked.append(True)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(flask_limiter.Limiter, "_check_request_limit", counting)
+    app = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute")
+    client = app.test_client()
+    assert client.get(ITEMS).status_code == 200
+    assert checked == []
+    # Views without a policy still get Flask-Limiter's default limit.
+    assert client.get("/api/openapi.json").status_code == 200
+    assert checked == [True]
+    problem(client.get("/api/openapi.json"), 429)
 
 
 def test_views_without_a_policy_get_the_default_limit(make_app: AppFactory) -> None:

@@ -110,6 +110,13 @@ def read_whole_body() -> None:
     Gunicorn, Werkzeug's chunked support), the body is read here, up to one
     byte past the limit, checked, and handed on whole.
     """
+    environ = request.environ
+    if (
+        not environ.get("CONTENT_LENGTH")
+        and "HTTP_TRANSFER_ENCODING" not in environ
+        and "HTTP_CONTENT_ENCODING" not in environ
+    ):
+        return  # no body, the common case of GET: nothing to look at
     codings = request.headers.get("Content-Encoding", "").strip().lower()
     if codings not in IDENTITY_CODINGS:
         raise UnsupportedMediaType("Send the request body uncompressed.")
@@ -117,7 +124,6 @@ def read_whole_body() -> None:
     length = request.content_length
     if limit is not None and length is not None and length > limit:
         raise RequestEntityTooLarge
-    environ = request.environ
     if not environ.get("wsgi.input_terminated"):
         # Werkzeug bounds such a stream by Content-Length itself, and reads a
         # body without one as empty.

@@ -11,6 +11,7 @@ from spectree import SpecTree
 
 from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
 from .models import Base
+from .openapi import ValidatingPlugin
 
 # Objects keep their loaded values after commit: a view builds its answer from
 # what it wrote, instead of reloading a row a concurrent request may delete.
@@ -26,6 +27,7 @@ DISTRIBUTION = metadata("{{ cookiecutter.project_slug }}")
 # OpenAPI document from the same models. Only decorated views are documented.
 spec = SpecTree(
     "flask",
+    backend=ValidatingPlugin,
     mode="strict",
     annotations=True,
     title={{ (cookiecutter.project_name ~ " API") | python_string }},
