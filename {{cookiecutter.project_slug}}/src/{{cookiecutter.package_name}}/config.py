@@ -280,10 +280,10 @@ class Config:
     SECRET_KEY: str | None = None
     # Relative SQLite paths live in the instance folder (Flask-SQLAlchemy 3).
     SQLALCHEMY_DATABASE_URI = "sqlite:///app.db"
-    # Check pooled connections before use (survives database restarts); keep
-    # bound parameters (what clients sent) out of error messages and logs.
+    # Keep bound parameters (what clients sent) out of error messages and logs.
+    # No pool_pre_ping: it waits forever on a frozen server; database.py pings
+    # pooled PostgreSQL connections on checkout, within a deadline, instead.
     SQLALCHEMY_ENGINE_OPTIONS: ClassVar[dict[str, Any]] = {
-        "pool_pre_ping": True,
         "hide_parameters": True,
     }
     # Seconds to wait for a PostgreSQL connection, so a health check or request
