@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -23,13 +21,25 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.resilience import store
 
 PROJECT = Path(__file__).resolve().parent.parent
+# What the fake pricing service answers unless told otherwise.
+GOOD_PRICE = b'{"amount": "12.50", "currency": "EUR"}'
 MIGRATIONS = PROJECT / "migrations"
 
 AppFactory = Callable[..., Flask]
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    """The problem document of `response`, which must have `status`."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == PROBLEM_MEDIA_TYPE
+    body: dict[str, Any] = response.json
+    assert body["status"] == status
+    return body
 
 
 @pytest.fixture
@@ -150,47 +160,92 @@ def hung_server() -> Iterator[int]:
 
 
 @dataclass
-class FakeUpstream:
-    """A stand-in for another service, on 127.0.0.1, that counts its calls."""
+class Reply:
+    """How the fake answers one call."""
 
-    url: str = ""
-    calls: int = 0
     status: int = 200
-    # Statuses for the next calls, in order, before `status` applies again.
-    statuses: list[int] = field(default_factory=list)
     delay: float = 0.0
-    answer: dict[str, Any] = field(
-        default_factory=lambda: {"amount": "12.50", "currency": "EUR"}
-    )
+    body: bytes = GOOD_PRICE
+
+
+class Server(ThreadingHTTPServer):
+    # A longer listen queue than 5: a burst of connections beyond it is
+    # dropped, and the clients' SYN retransmission (1 s) would time the test.
+    request_queue_size = 64
+
+
+class FakeUpstream:
+    """A stand-in for another service on 127.0.0.1: it answers as told (`default`,
+    or the `queue` of replies for the next calls) and counts its calls
+    (thread-safely) and the most it served at once."""
+
+    def __init__(self) -> None:
+        self.default = Reply()
+        self.queue: list[Reply] = []  # for the next calls, before `default`
+        self.calls = 0
+        self.peak = 0
+        self.url = ""
+        self._in_flight = 0
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server: Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def _enter(self) -> Reply:
+        with self._lock:
+            self.calls += 1
+            self._in_flight += 1
+            self.peak = max(self.peak, self._in_flight)
+            return self.queue.pop(0) if self.queue else self.default
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def start(self, port: int = 0) -> FakeUpstream:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                reply = fake._enter()
+                try:
+                    fake._stopping.wait(reply.delay)  # cut short at teardown
+                    self.send_response(reply.status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(reply.body)))
+                    self.end_headers()
+                    self.wfile.write(reply.body)
+                except ConnectionError:
+                    pass  # the client gave up waiting: what the test wanted
+                finally:
+                    fake._leave()
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+                """Quiet: the tests read the counters, not a log."""
+
+        self._server = Server(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, args=(0.05,), daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
 
 @pytest.fixture
 def pricing_upstream() -> Iterator[FakeUpstream]:
-    """A pricing service answering GET /prices/<id> as told (status, delay)."""
-    fake = FakeUpstream()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            fake.calls += 1
-            time.sleep(fake.delay)
-            body = json.dumps(fake.answer).encode()
-            self.send_response(fake.statuses.pop(0) if fake.statuses else fake.status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            """Quiet: the tests read the calls counter, not a log."""
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
-    serving = threading.Thread(target=server.serve_forever, daemon=True)
-    serving.start()
-    yield fake
-    server.shutdown()
-    server.server_close()
-    serving.join(timeout=5)
+    """A pricing service on 127.0.0.1 answering GET /prices/<id> as told."""
+    started = FakeUpstream().start()
+    yield started
+    started.stop()
 
 
 class Relay:

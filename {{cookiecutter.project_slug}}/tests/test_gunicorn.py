@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import PROJECT, FakeUpstream
+from conftest import PROJECT, FakeUpstream, Reply
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -438,7 +438,7 @@ def test_an_open_breaker_is_open_in_every_worker(
     )
     json_headers = {"Content-Type": "application/json"}
     assert server.request("POST", "/api/v1/items", b'{"name": "x"}', json_headers)
-    pricing_upstream.status = 500
+    pricing_upstream.default = Reply(status=500)
     for _ in range(5):  # fail_max
         assert server.request("GET", "/api/v1/items/1/price").status == 503
     calls = pricing_upstream.calls

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+from conftest import problem
 
 ITEMS = "/api/v1/items"
 
@@ -22,14 +22,6 @@ def create(client: FlaskClient, **fields: Any) -> dict[str, Any]:
     assert response.status_code == 201, response.json
     assert isinstance(response.json, dict)
     return response.json
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM_MEDIA_TYPE
-    body: dict[str, Any] = response.json
-    assert body["status"] == status
-    return body
 
 
 def error_fields(body: dict[str, Any]) -> set[str]:

@@ -24,7 +24,7 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     RedisGate,
 )
 
-from conftest import AppFactory, FakeUpstream, RedisTarget
+from conftest import AppFactory, FakeUpstream, RedisTarget, Reply
 
 ITEMS = "/api/v1/items"
 DOCUMENT = "/api/openapi.json"
@@ -138,7 +138,7 @@ def test_breaker_state_is_shared_through_redis(
     with first.app_context():
         db.session.add(Item(name="Priced"))
         db.session.commit()
-    pricing_upstream.status = 500
+    pricing_upstream.default = Reply(status=500)
     for _ in range(2):
         assert first.test_client().get(f"{ITEMS}/1/price").status_code == 503
     calls = pricing_upstream.calls

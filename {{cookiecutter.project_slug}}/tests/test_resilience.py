@@ -6,7 +6,6 @@ runs the same features against a real Redis and several Gunicorn workers.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -19,18 +18,16 @@ from flask.testing import FlaskClient
 from werkzeug.exceptions import InternalServerError
 
 from {{ cookiecutter.package_name }}.config import ConfigError
-from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item
 from {{ cookiecutter.package_name }}.resilience import (
     backpressure,
-    breakers_of,
     exempt,
     protected,
 )
 from {{ cookiecutter.package_name }}.resilience.limits import IDENTITY_KEY
 
-from conftest import AppFactory, FakeUpstream
+from conftest import AppFactory, problem
 
 ITEMS = "/api/v1/items"
 
@@ -50,13 +47,6 @@ def policies(**limits: str) -> dict[str, dict[str, Any]]:
             "breaker": "pricing",
         },
     }
-
-
-def problem(response: Any, status: int) -> dict[str, Any]:
-    assert response.status_code == status, response.get_data(as_text=True)
-    assert response.mimetype == PROBLEM_MEDIA_TYPE
-    body: dict[str, Any] = response.json
-    return body
 
 
 # --- Rate limits -------------------------------------------------------------
@@ -237,130 +227,7 @@ def test_bad_breaker_settings_are_refused_at_start(make_app: AppFactory) -> None
         make_app(CIRCUIT_BREAKERS={"pricing": {"failmax": 3}})
 
 
-# --- Circuit breakers and the example upstream --------------------------------
-
-
-@pytest.fixture
-def pricing_app(make_app: AppFactory, pricing_upstream: FakeUpstream) -> Flask:
-    """An app whose pricing breaker opens after 2 failures, for 1 second."""
-    app = make_app(
-        PRICING_URL=pricing_upstream.url,
-        PRICING_TIMEOUT=0.5,
-        CIRCUIT_BREAKERS={
-            "pricing": {
-                "fail_max": 2,
-                "reset_timeout": 1,
-                "exclude": ["services.http.UpstreamClientError"],
-            }
-        },
-        CACHE_TYPE="SimpleCache",
-        tables=True,
-    )
-    with app.app_context():
-        db.session.add(Item(name="Priced"))
-        db.session.commit()
-    return app
-
-
-PRICE = f"{ITEMS}/1/price"
-
-
-def test_a_price_comes_from_the_upstream(
-    pricing_app: Flask, pricing_upstream: FakeUpstream
-) -> None:
-    response = pricing_app.test_client().get(PRICE)
-    assert response.status_code == 200
-    assert response.json is not None
-    assert (response.json["amount"], response.json["currency"]) == ("12.50", "EUR")
-    assert response.json["stale"] is False
-    assert pricing_upstream.calls == 1
-
-
-def test_an_open_breaker_answers_at_once_without_the_upstream(
-    pricing_app: Flask, pricing_upstream: FakeUpstream, caplog: pytest.LogCaptureFixture
-) -> None:
-    client = pricing_app.test_client()
-    pricing_upstream.status = 500
-    with caplog.at_level(logging.WARNING):
-        for _ in range(2):
-            problem(client.get(PRICE), 503)
-    # A 500 is not retried (only 502-504 are): 2 calls, 2 failures, open.
-    assert pricing_upstream.calls == 2
-    assert "circuit breaker pricing: closed -> open" in caplog.text
-
-    refused = client.get(PRICE)
-    body = problem(refused, 503)
-    assert "pricing service is unavailable" in body["detail"]
-    assert refused.headers["Retry-After"] == "1"
-    assert pricing_upstream.calls == 2, "an open breaker must not call upstream"
-
-    report = client.get("/health/dependencies").json
-    assert report == {
-        "dependencies": {"pricing": {"state": "open", "failures": 2, "retry_after": 1}}
-    }
-
-
-def test_the_breaker_half_opens_and_closes_after_a_good_trial(
-    pricing_app: Flask, pricing_upstream: FakeUpstream
-) -> None:
-    client = pricing_app.test_client()
-    pricing_upstream.status = 503
-    for _ in range(2):
-        client.get(PRICE)
-    assert client.get(PRICE).status_code == 503
-    pricing_upstream.status = 200
-    time.sleep(1.1)  # reset_timeout: the next call is the trial
-    assert client.get(PRICE).status_code == 200
-    with pricing_app.app_context():
-        assert breakers_of()["pricing"].current_state == "closed"
-
-
-def test_the_upstreams_4xx_is_not_an_outage(
-    pricing_app: Flask, pricing_upstream: FakeUpstream
-) -> None:
-    client = pricing_app.test_client()
-    pricing_upstream.status = 404
-    for _ in range(4):
-        problem(client.get(PRICE), 503)
-    with pricing_app.app_context():
-        breaker = breakers_of()["pricing"]
-        assert (breaker.current_state, breaker.fail_counter) == ("closed", 0)
-
-
-def test_a_failing_upstream_serves_the_last_known_price(
-    pricing_app: Flask, pricing_upstream: FakeUpstream
-) -> None:
-    client = pricing_app.test_client()
-    assert client.get(PRICE).status_code == 200
-    pricing_upstream.delay = 1.0  # longer than PRICING_TIMEOUT
-    response = client.get(PRICE)
-    assert response.status_code == 200
-    assert response.json is not None
-    assert (response.json["amount"], response.json["stale"]) == ("12.50", True)
-
-
-def test_transient_upstream_errors_are_retried(
-    pricing_app: Flask, pricing_upstream: FakeUpstream
-) -> None:
-    pricing_upstream.statuses = [503, 502]
-    response = pricing_app.test_client().get(PRICE)
-    assert response.status_code == 200
-    assert pricing_upstream.calls == 3
-
-
-def test_an_unknown_item_has_no_price(pricing_app: Flask) -> None:
-    problem(pricing_app.test_client().get(f"{ITEMS}/99/price"), 404)
-
-
-def test_without_a_pricing_service_prices_are_unavailable(
-    make_app: AppFactory,
-) -> None:
-    app = make_app(tables=True)
-    with app.app_context():
-        db.session.add(Item(name="Unpriced"))
-        db.session.commit()
-    body = problem(app.test_client().get(PRICE), 503)
-    assert "PRICING_URL" in body["detail"]
+# --- Circuit breakers -----------------------------------------------------------
 
 
 def test_dependencies_report_closed_breakers(client: FlaskClient) -> None:

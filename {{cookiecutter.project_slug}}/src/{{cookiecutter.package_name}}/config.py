@@ -329,12 +329,16 @@ class Config:
     # Seconds an idempotency key and its stored answer are kept.
     IDEMPOTENCY_TTL = 24 * 60 * 60
     # Named policies for @protected(name): a rate limit (POLICY_LIMIT_<NAME>
-    # overrides it), a circuit breaker, idempotency keys for unsafe methods.
+    # overrides it), a circuit breaker that answers 503 before the view runs
+    # while open ("breaker": name: for views with no fallback of their own),
+    # idempotency keys for unsafe methods. The price view has no policy
+    # breaker: its client goes through the breaker and falls back to the last
+    # known price while it is open (services/pricing.py).
     RESILIENCE_POLICIES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
         {
             "read": {"limit": "300 per minute"},
             "write": {"limit": "60 per minute", "idempotency": True},
-            "pricing": {"limit": "120 per minute", "breaker": "pricing"},
+            "pricing": {"limit": "120 per minute"},
         }
     )
     # Circuit breakers by name; "exclude" lists exceptions (relative to the

@@ -6,16 +6,22 @@ an outage). With REDIS_URL, a breaker's state is shared by every worker; while
 Redis is down each process keeps its own state, and nothing fails at boot:
 pybreaker's own CircuitRedisStorage writes to Redis in its constructor, so a
 storage of our own (`SharedStorage`) is used instead.
+
+pybreaker runs the calls through a breaker one at a time, holding the
+breaker's lock for the whole call; `ConcurrentBreaker` holds a lock only to
+admit a call and to count its outcome, so calls run side by side.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, NoReturn, TypeVar
 
 import pybreaker
 import redis
@@ -130,6 +136,88 @@ class SharedStorage(pybreaker.CircuitBreakerStorage):
         )
 
 
+def _raise(error: BaseException) -> NoReturn:
+    raise error
+
+
+class ConcurrentBreaker(pybreaker.CircuitBreaker):
+    """A pybreaker breaker whose calls run concurrently, not one at a time.
+
+    A lock is held only to admit a call and to count its outcome; pybreaker's
+    state objects still count failures and successes and change the state.
+    While half-open, one trial call runs and the others fail at once
+    (CircuitBreakerError), as when open. That is one per process: with the
+    state in Redis, each worker process may run a trial of its own. An outcome
+    that comes back after the state changed (a call let in before the breaker
+    opened) is not counted: it says nothing about the new state.
+    """
+
+    def __init__(
+        self, storage: pybreaker.CircuitBreakerStorage, **options: Any
+    ) -> None:
+        super().__init__(state_storage=storage, **options)
+        self.storage = storage  # pybreaker's own reference is private
+        self._lock_for_calls = threading.Lock()
+        self._trial = False
+
+    @property
+    def trial_running(self) -> bool:
+        """Whether this process's half-open trial call is still out."""
+        return self._trial
+
+    def open_for(self) -> float:
+        """Seconds an open breaker stays open (0 or less: a trial may run)."""
+        opened_at = self.storage.opened_at
+        if opened_at is None:  # as in pybreaker: no opening time, no wait
+            return 0.0
+        reopens = opened_at + timedelta(seconds=self.reset_timeout)
+        return (reopens - datetime.now(UTC)).total_seconds()
+
+    def call(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call `func` unless the breaker refuses (CircuitBreakerError); count it."""
+        admitted = self._admit()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 - _count raises it again
+            return self._count(admitted, partial(_raise, error))
+        return self._count(admitted, lambda: result)
+
+    def _admit(self) -> pybreaker.CircuitBreakerState:
+        """The state a call is let in under, or CircuitBreakerError."""
+        with self._lock_for_calls:
+            state = self.state
+            if state.name == pybreaker.STATE_OPEN:
+                if self.open_for() > 0:
+                    raise pybreaker.CircuitBreakerError("the breaker is open")
+                self.half_open()
+                state = self.state
+            if state.name == pybreaker.STATE_HALF_OPEN:
+                if self._trial:
+                    raise pybreaker.CircuitBreakerError("a trial call is running")
+                self._trial = True
+            return state
+
+    def _count(
+        self, admitted: pybreaker.CircuitBreakerState, outcome: Callable[[], T]
+    ) -> T:
+        """Count `outcome` (which returns or raises what the call did), then
+        return or raise it."""
+        with self._lock_for_calls:
+            try:
+                if self.state is admitted:
+                    # The one place pybreaker's state machine is driven from
+                    # outside: CircuitBreakerState.call(), what pybreaker's own
+                    # call() runs under its lock, counts the outcome and moves
+                    # the state (open at fail_max; a trial closes or reopens),
+                    # raising CircuitBreakerError when it opens. Its listeners'
+                    # before_call hooks therefore run after the call, not before.
+                    return admitted.call(outcome)
+            finally:
+                if admitted.name == pybreaker.STATE_HALF_OPEN:
+                    self._trial = False
+        return outcome()
+
+
 class LoggingListener(pybreaker.CircuitBreakerListener):
     """Logs every state change; metrics attach to the same hook."""
 
@@ -170,7 +258,7 @@ class Breakers:
             for name, options in settings.items()
         }
 
-    def __getitem__(self, name: str) -> pybreaker.CircuitBreaker:
+    def __getitem__(self, name: str) -> ConcurrentBreaker:
         return self._breakers[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -180,19 +268,18 @@ class Breakers:
         return name in self._breakers
 
     def retry_after(self, name: str) -> int | None:
-        """Seconds until an open breaker lets a trial call through, else None."""
+        """Seconds until breaker `name` lets a call through; None if it does now."""
         breaker = self._breakers[name]
+        if breaker.trial_running:
+            return 1  # a trial call is out; it ends within its upstream's deadline
         if breaker.current_state != pybreaker.STATE_OPEN:
             return None
-        opened_at = breaker._state_storage.opened_at  # noqa: SLF001 - no public getter
-        if opened_at is None:
-            return None
-        reopens = opened_at + timedelta(seconds=breaker.reset_timeout)
-        remaining = (reopens - datetime.now(UTC)).total_seconds()
+        remaining = breaker.open_for()
         return math.ceil(remaining) if remaining > 0 else None
 
     def check(self, name: str) -> None:
-        """Answer 503 at once (BreakerOpen) while breaker `name` is open."""
+        """Answer 503 at once (BreakerOpen) while breaker `name` is open, or
+        half-open with its trial call running."""
         retry_after = self.retry_after(name)
         if retry_after is not None:
             raise BreakerOpen(name, retry_after)
@@ -210,7 +297,7 @@ class Breakers:
 
 def build_breaker(
     name: str, options: Mapping[str, Any], package: str, store: RedisStore | None
-) -> pybreaker.CircuitBreaker:
+) -> ConcurrentBreaker:
     """A breaker from its CIRCUIT_BREAKERS entry.
 
     ``exclude`` names exception classes relative to the package
@@ -224,13 +311,15 @@ def build_breaker(
     exclude = [
         import_string(f"{package}.{path}") for path in options.get("exclude", ())
     ]
-    return pybreaker.CircuitBreaker(
+    return ConcurrentBreaker(
+        SharedStorage(name, store)
+        if store
+        else pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED),
         name=name,
         fail_max=int(options.get("fail_max", 5)),
         reset_timeout=float(options.get("reset_timeout", 30)),
         exclude=exclude,
         listeners=[LoggingListener()],
-        state_storage=SharedStorage(name, store) if store else None,
     )
 
 
