@@ -105,6 +105,48 @@ def test_rate_limits_fall_back_to_memory_and_come_back(
     assert client.get(ITEMS).headers["RateLimit-Remaining"] == "1"
 
 
+def test_a_client_takes_its_hits_from_redis_in_leases(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    # 6400 per minute: a lease is 1/64 of what is left, capped at 100 hits.
+    app = redis_app(
+        make_app,
+        redis_target,
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES={"read": {"limit": "6400 per minute"}},
+    )
+    client = app.test_client()
+    outside_a_window_edge()
+    remaining = [
+        int(client.get(ITEMS).headers["RateLimit-Remaining"]) for _ in range(10)
+    ]
+    assert remaining == list(range(6399, 6389, -1))
+    (key,) = [key for key in redis_target.stored_keys() if ":limits:" in key]
+    assert redis_target.get(key) == b"100", "ten requests, one round trip"
+
+
+def test_leases_shrink_so_that_the_limit_holds_across_workers(
+    make_app: AppFactory, redis_target: RedisTarget
+) -> None:
+    settings: dict[str, Any] = {
+        "RATE_LIMITS_ENABLED": True,
+        "RESILIENCE_POLICIES": {"read": {"limit": "128 per minute"}},
+        "MAX_IN_FLIGHT": 64,
+    }
+    first = redis_app(make_app, redis_target, **settings).test_client()
+    second = redis_app(make_app, redis_target, **settings).test_client()
+    outside_a_window_edge()
+    assert first.get(ITEMS).status_code == 200  # leases 2 hits, uses one
+    admitted_by_second = 0
+    while second.get(ITEMS).status_code == 200:
+        admitted_by_second += 1
+        assert admitted_by_second <= 128
+    assert admitted_by_second == 126
+    # The first worker still holds one leased hit: the window admits 128 in all.
+    assert first.get(ITEMS).status_code == 200
+    assert first.get(ITEMS).status_code == 429
+
+
 def test_default_limits_fall_back_to_memory_too(
     make_app: AppFactory, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -308,6 +308,16 @@ def test_readiness_at_the_bound_says_the_worker_is_at_capacity(
     assert app.test_client().get("/health/ready").status_code == 200
 
 
+def test_the_in_flight_counter_is_bounded_both_ways() -> None:
+    in_flight = backpressure.InFlight(2)
+    assert [in_flight.try_enter() for _ in range(3)] == [True, True, False]
+    assert (in_flight.active, in_flight.shed) == (2, 1)
+    in_flight.leave()
+    in_flight.leave()
+    with pytest.raises(RuntimeError, match="left more slots than were taken"):
+        in_flight.leave()
+
+
 def test_a_failed_request_gives_its_slot_back(
     slow_app: tuple[Flask, threading.Event],
 ) -> None:

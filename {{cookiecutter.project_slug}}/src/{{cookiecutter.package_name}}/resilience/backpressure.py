@@ -15,8 +15,10 @@ import threading
 from collections.abc import Callable
 from typing import TypeVar
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g
 from werkzeug.exceptions import ServiceUnavailable
+
+from .views import routed_view
 
 EXTENSION_KEY = "backpressure"
 ADMITTED = "backpressure_admitted"
@@ -43,27 +45,36 @@ class LoadShed(ServiceUnavailable):
 
 
 class InFlight:
-    """A counter of admitted requests with a hard upper bound."""
+    """A counter of admitted requests with a hard upper bound.
+
+    A plain lock and counter: a semaphore (a condition variable, in Python)
+    costs several times more, and nothing here ever waits for a slot.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._slots = threading.BoundedSemaphore(limit)
+        self.active = 0
         self.shed = 0
+        self._lock = threading.Lock()
 
     def try_enter(self) -> bool:
-        if self._slots.acquire(blocking=False):
-            return True
-        self.shed += 1
-        return False
+        with self._lock:
+            if self.active < self.limit:
+                self.active += 1
+                return True
+            self.shed += 1
+            return False
 
     def leave(self) -> None:
-        self._slots.release()
+        with self._lock:
+            if self.active <= 0:
+                raise RuntimeError("left more slots than were taken")
+            self.active -= 1
 
 
 def admit(in_flight: InFlight) -> None:
     """before_request: take a slot, or shed the request."""
-    view = current_app.view_functions.get(request.endpoint or "")
-    if getattr(view, NEVER_SHED_ATTRIBUTE, False):
+    if getattr(routed_view(), NEVER_SHED_ATTRIBUTE, False):
         return
     if not in_flight.try_enter():
         raise LoadShed
