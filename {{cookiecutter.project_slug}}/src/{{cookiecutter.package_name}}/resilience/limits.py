@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from flask import Flask, Response, current_app, g, request
@@ -62,8 +62,7 @@ def scope_of(identity: str) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class LimitState:
+class LimitState(NamedTuple):
     """One limit's standing after a hit: what the RateLimit headers say."""
 
     amount: int
@@ -314,10 +313,11 @@ def add_rate_limit_headers(response: Response) -> Response:
         if state is None:
             return response
     headers = response.headers
-    headers["RateLimit-Limit"] = str(state.amount)
-    headers["RateLimit-Remaining"] = str(max(0, state.remaining))
-    headers["RateLimit-Reset"] = str(state.reset)
-    headers["RateLimit-Policy"] = f"{state.amount};w={state.window}"
+    # add, not set: nothing else writes these, and set scans every header.
+    headers.add("RateLimit-Limit", str(state.amount))
+    headers.add("RateLimit-Remaining", str(max(0, state.remaining)))
+    headers.add("RateLimit-Reset", str(state.reset))
+    headers.add("RateLimit-Policy", f"{state.amount};w={state.window}")
     if response.status_code == 429:
         headers["Retry-After"] = str(state.reset)
     return response
