@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,6 +33,13 @@ GOOD_PRICE = b'{"amount": "12.50", "currency": "EUR"}'
 MIGRATIONS = PROJECT / "migrations"
 
 AppFactory = Callable[..., Flask]
+
+
+def outside_a_window_edge() -> None:
+    """Wait until a fixed one-minute window has at least 10 s left."""
+    into_window = time.time() % 60
+    if into_window > 50:
+        time.sleep(60.5 - into_window)
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:
@@ -249,29 +258,75 @@ def pricing_upstream() -> Iterator[FakeUpstream]:
 
 
 class Relay:
-    """A TCP relay on 127.0.0.1 to a real server, which a test can cut and restore.
+    """A TCP relay on 127.0.0.1 to a real server, which a test can cut or freeze.
 
-    Cutting closes every open connection and refuses new ones: what clients see
-    when the server dies, without touching the server other tests share.
+    - cut(): every open connection is closed and new ones are refused, which
+      is what clients see when the server dies; restore() accepts again.
+    - freeze(): nothing is forwarded either way, yet every socket stays open:
+      a stopped server or a stuck proxy (the kernel still ACKs, no byte comes
+      back); thaw() forwards again.
+
+    Either way the real server, which other tests share, is left alone.
+    close() stops every thread the relay started and closes every socket.
     """
+
+    POLL = 0.02
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
         self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(self.POLL)
         self.port: int = self.listener.getsockname()[1]
-        self.refusing = False
-        self.closing = False
-        self.open: list[socket.socket] = []
+        self.refusing = threading.Event()
+        self.frozen = threading.Event()
+        self.stopping = threading.Event()
         self.lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.sockets: list[socket.socket] = []
+        self.threads: list[threading.Thread] = []
+        self._spawn(self._accept)
+
+    def cut(self) -> None:
+        self.refusing.set()
+        with self.lock:
+            for end in self.sockets:
+                end.close()
+            self.sockets.clear()
+
+    def restore(self) -> None:
+        self.refusing.clear()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def thaw(self) -> None:
+        self.frozen.clear()
+
+    def close(self) -> None:
+        """Stop every thread, then close every socket."""
+        self.stopping.set()
+        self.threads[0].join(timeout=5)  # the acceptor: no pump starts after it
+        with self.lock:
+            threads = list(self.threads)
+        for thread in threads:
+            thread.join(timeout=5)
+        assert not any(thread.is_alive() for thread in threads)
+        self.listener.close()
+        for end in self.sockets:
+            end.close()
+
+    def _spawn(self, target: Callable[..., None], *args: socket.socket) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        with self.lock:
+            self.threads.append(thread)
+        thread.start()
 
     def _accept(self) -> None:
-        while not self.closing:
+        while not self.stopping.is_set():
             try:
                 client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refusing:
+            except TimeoutError:
+                continue
+            if self.refusing.is_set():
                 client.close()
                 continue
             try:
@@ -279,38 +334,28 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            client.settimeout(5)
             with self.lock:
-                self.open += [client, server]
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(
-                    target=self._pump, args=(source, sink), daemon=True
-                ).start()
+                self.sockets += [client, server]
+            self._spawn(self._pump, client, server)
+            self._spawn(self._pump, server, client)
 
-    @staticmethod
-    def _pump(source: socket.socket, sink: socket.socket) -> None:
-        try:
-            while data := source.recv(65536):
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while not self.stopping.is_set():
+            try:
+                readable, _, _ = select.select([source], [], [], self.POLL)
+                # Checked after the wait: bytes sent once frozen stay unread.
+                if not readable or self.frozen.is_set():
+                    if self.frozen.is_set():
+                        self.stopping.wait(self.POLL)
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    sink.shutdown(socket.SHUT_WR)
+                    return
                 sink.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                end.close()
-
-    def cut(self) -> None:
-        self.refusing = True
-        with self.lock:
-            for connection in self.open:
-                connection.close()
-            self.open.clear()
-
-    def restore(self) -> None:
-        self.refusing = False
-
-    def close(self) -> None:
-        self.closing = True
-        self.cut()
-        self.listener.close()
+            except (OSError, ValueError):
+                return  # cut: the sockets were closed under the pump
 
 
 @dataclass

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import select
 import socket
 import sqlite3
 import threading
@@ -33,7 +32,7 @@ from {{ cookiecutter.package_name }}.database import (
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 
-from conftest import AppFactory
+from conftest import AppFactory, Relay
 
 ITEMS = "/api/v1/items"
 POSTGRESQL_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -308,97 +307,18 @@ def test_sqlite_engines_are_not_watched(make_app: AppFactory) -> None:
         assert not db.engine.pool.dispatch.checkout
 
 
-class FreezingRelay:
-    """A TCP relay on 127.0.0.1 to PostgreSQL that a test can freeze.
-
-    Frozen, it forwards nothing either way yet keeps every socket open: what a
-    client sees of a stopped server or a stuck proxy (the kernel still ACKs,
-    no byte comes back). New connections are accepted, and frozen too.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(POLL)
-        self.port: int = self.listener.getsockname()[1]
-        self.frozen = threading.Event()
-        self.stopping = threading.Event()
-        self.lock = threading.Lock()
-        self.sockets: list[socket.socket] = []
-        self.threads: list[threading.Thread] = []
-        self._spawn(self._accept)
-
-    def freeze(self) -> None:
-        self.frozen.set()
-
-    def thaw(self) -> None:
-        self.frozen.clear()
-
-    def close(self) -> None:
-        """Stop every thread, then close every socket."""
-        self.stopping.set()
-        self.threads[0].join(timeout=5)  # the acceptor: no pump starts after it
-        threads = list(self.threads)
-        for thread in threads:
-            thread.join(timeout=5)
-        assert not any(thread.is_alive() for thread in threads)
-        self.listener.close()
-        for end in self.sockets:
-            end.close()
-
-    def _spawn(self, target: Any, *args: Any) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        with self.lock:
-            self.threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while not self.stopping.is_set():
-            try:
-                client, _ = self.listener.accept()
-            except TimeoutError:
-                continue
-            try:
-                server = socket.create_connection(self.target, timeout=5)
-            except OSError:
-                client.close()
-                continue
-            client.settimeout(5)
-            with self.lock:
-                self.sockets += [client, server]
-            self._spawn(self._pump, client, server)
-            self._spawn(self._pump, server, client)
-
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
-        while not self.stopping.is_set():
-            readable, _, _ = select.select([source], [], [], POLL)
-            # Checked after the wait: bytes sent once frozen stay unread.
-            if not readable or self.frozen.is_set():
-                if self.frozen.is_set():
-                    self.stopping.wait(POLL)
-                continue
-            try:
-                data = source.recv(65536)
-                if not data:
-                    sink.shutdown(socket.SHUT_WR)
-                    return
-                sink.sendall(data)
-            except OSError:
-                return
-
-
 @pytest.fixture
-def relay() -> Iterator[FreezingRelay]:
-    """A freezing relay to TEST_DATABASE_URL's PostgreSQL server."""
+def relay() -> Iterator[Relay]:
+    """A relay to TEST_DATABASE_URL's PostgreSQL server, which the test can freeze."""
     target = make_url(POSTGRESQL_URL)
-    relay = FreezingRelay(target.host or "localhost", target.port or 5432)
+    relay = Relay(target.host or "localhost", target.port or 5432)
     yield relay
     relay.close()
 
 
 @pytest.fixture
 def relayed_app(
-    relay: FreezingRelay, make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+    relay: Relay, make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Flask:
     """An app (with its tables) on PostgreSQL through `relay`, with 1 s timeouts."""
     url = (
@@ -412,7 +332,7 @@ def relayed_app(
     return make_app(tables=True)
 
 
-def timed_get(app: Flask, relay: FreezingRelay) -> tuple[int, str | None, float]:
+def timed_get(app: Flask, relay: Relay) -> tuple[int, str | None, float]:
     """GET the items: status, Retry-After and seconds taken, or fail after
     WAIT_LIMIT seconds (closing the relay ends the request's wait)."""
     answers: list[tuple[int, str | None]] = []
@@ -435,7 +355,7 @@ def timed_get(app: Flask, relay: FreezingRelay) -> tuple[int, str | None, float]
 
 @needs_postgresql
 def test_a_statement_sent_to_a_frozen_server_is_a_503_within_its_deadline(
-    relayed_app: Flask, relay: FreezingRelay
+    relayed_app: Flask, relay: Relay
 ) -> None:
     assert relayed_app.test_client().get(ITEMS).status_code == 200
     with relayed_app.app_context():
@@ -466,7 +386,7 @@ def test_a_statement_sent_to_a_frozen_server_is_a_503_within_its_deadline(
 
 @needs_postgresql
 def test_a_freeze_while_the_connection_idles_in_the_pool_is_bounded_too(
-    relayed_app: Flask, relay: FreezingRelay
+    relayed_app: Flask, relay: Relay
 ) -> None:
     assert (
         timed_get(relayed_app, relay)[0] == 200

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import PROJECT, FakeUpstream, Reply
+from conftest import PROJECT, FakeUpstream, Reply, outside_a_window_edge
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -393,13 +393,6 @@ def redis_settings() -> Iterator[dict[str, str]]:
         for key in client.scan_iter(f"{settings['REDIS_KEY_PREFIX']}*"):
             client.delete(key)
         client.close()
-
-
-def outside_a_window_edge() -> None:
-    """Wait until a fixed one-minute window has at least 10 s left."""
-    into_window = time.time() % 60
-    if into_window > 50:
-        time.sleep(60.5 - into_window)
 
 
 @needs_redis

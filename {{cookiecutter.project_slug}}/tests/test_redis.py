@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +25,16 @@ from {{ cookiecutter.package_name }}.resilience.store import (
     RedisGate,
 )
 
-from conftest import AppFactory, FakeUpstream, RedisTarget, Reply
+from conftest import (
+    AppFactory,
+    FakeUpstream,
+    RedisTarget,
+    Reply,
+    outside_a_window_edge,
+)
 
 ITEMS = "/api/v1/items"
 DOCUMENT = "/api/openapi.json"
-
-
-def outside_a_window_edge() -> None:
-    """Wait until the current one-minute window has at least 10 s left."""
-    into_window = time.time() % 60
-    if into_window > 50:
-        time.sleep(60.5 - into_window)
 
 
 def redis_app(make_app: AppFactory, target: RedisTarget, **overrides: Any) -> Flask:
@@ -79,30 +79,58 @@ def test_cached_values_are_json_not_pickle(
         json.loads(value)  # a pickle would not parse
 
 
+@dataclass(frozen=True)
+class Fallback:
+    """Where a limit is counted, and how its fallback to memory shows."""
+
+    path: str
+    settings: dict[str, Any]
+    warning: str
+    recheck: float
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # A policy's counter: the shared gate warns, and retries after 1 s.
+        Fallback(
+            ITEMS,
+            {"RESILIENCE_POLICIES": {"read": {"limit": "3 per minute"}}},
+            "Redis is unreachable",
+            FIRST_COOL_DOWN + 0.1,
+        ),
+        # No policy: Flask-Limiter's default limit, which checks 1 s, then 2 s on.
+        Fallback(
+            DOCUMENT,
+            {"RATELIMIT_DEFAULT": "3/minute"},
+            "falling back to in-memory storage",
+            2.1,
+        ),
+    ],
+    ids=["policy", "default"],
+)
 def test_rate_limits_fall_back_to_memory_and_come_back(
-    make_app: AppFactory, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
+    make_app: AppFactory,
+    redis_target: RedisTarget,
+    caplog: pytest.LogCaptureFixture,
+    case: Fallback,
 ) -> None:
-    app = redis_app(
-        make_app,
-        redis_target,
-        RATE_LIMITS_ENABLED=True,
-        RESILIENCE_POLICIES={"read": {"limit": "3 per minute"}},
-        CIRCUIT_BREAKERS={},
-    )
+    path = case.path
+    app = redis_app(make_app, redis_target, RATE_LIMITS_ENABLED=True, **case.settings)
     client = app.test_client()
     outside_a_window_edge()
-    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "2"
+    assert client.get(path).headers["RateLimit-Remaining"] == "2"
     redis_target.cut()
     with caplog.at_level(logging.WARNING):
-        during = [client.get(ITEMS).status_code for _ in range(5)]
+        during = [client.get(path).status_code for _ in range(5)]
     # Served, and limited in memory meanwhile: no error, and 429s again.
     assert during[0] == 200
     assert set(during) == {200, 429}
-    assert caplog.text.count("Redis is unreachable") == 1
+    assert caplog.text.count(case.warning) == 1
     redis_target.restore()
-    time.sleep(FIRST_COOL_DOWN + 0.1)
+    time.sleep(case.recheck)
     # Back on Redis, where one request of the three was counted.
-    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "1"
+    assert client.get(path).headers["RateLimit-Remaining"] == "1"
 
 
 def test_a_client_takes_its_hits_from_redis_in_leases(
@@ -145,27 +173,6 @@ def test_leases_shrink_so_that_the_limit_holds_across_workers(
     # The first worker still holds one leased hit: the window admits 128 in all.
     assert first.get(ITEMS).status_code == 200
     assert first.get(ITEMS).status_code == 429
-
-
-def test_default_limits_fall_back_to_memory_too(
-    make_app: AppFactory, redis_target: RedisTarget, caplog: pytest.LogCaptureFixture
-) -> None:
-    # /api/openapi.json has no policy: Flask-Limiter counts its default limit.
-    app = redis_app(
-        make_app, redis_target, RATE_LIMITS_ENABLED=True, RATELIMIT_DEFAULT="3/minute"
-    )
-    client = app.test_client()
-    outside_a_window_edge()
-    assert client.get(DOCUMENT).headers["RateLimit-Remaining"] == "2"
-    redis_target.cut()
-    with caplog.at_level(logging.WARNING):
-        during = [client.get(DOCUMENT).status_code for _ in range(5)]
-    assert during[0] == 200
-    assert set(during) == {200, 429}
-    assert caplog.text.count("falling back to in-memory storage") == 1
-    redis_target.restore()
-    time.sleep(2.1)  # Flask-Limiter checks the storage again 1 s, then 2 s later
-    assert client.get(DOCUMENT).headers["RateLimit-Remaining"] == "1"
 
 
 def test_breaker_state_is_shared_through_redis(
