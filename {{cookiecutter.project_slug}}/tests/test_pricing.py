@@ -24,9 +24,14 @@ from werkzeug.test import TestResponse
 from {{ cookiecutter.package_name }}.extensions import cache, db
 from {{ cookiecutter.package_name }}.models import Item
 from {{ cookiecutter.package_name }}.resilience import breakers_of
-from {{ cookiecutter.package_name }}.resilience.breakers import ConcurrentBreaker
+from {{ cookiecutter.package_name }}.resilience.breakers import (
+    ConcurrentBreaker,
+)
 from {{ cookiecutter.package_name }}.services import http as upstream_http
-from {{ cookiecutter.package_name }}.services.http import Upstream, UpstreamError
+from {{ cookiecutter.package_name }}.services.http import (
+    Upstream,
+    UpstreamError,
+)
 from {{ cookiecutter.package_name }}.services.pricing import UpstreamPrice
 
 from conftest import (
