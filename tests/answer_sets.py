@@ -47,6 +47,18 @@ CORE_FILES = (
     "src/{package}/cli.py",
     "src/{package}/models/__init__.py",
     "src/{package}/models/item.py",
+    "src/{package}/models/user.py",
+    "src/{package}/auth/__init__.py",
+    "src/{package}/auth/api.py",
+    "src/{package}/auth/commands.py",
+    "src/{package}/auth/common_passwords.txt",
+    "src/{package}/auth/keys.py",
+    "src/{package}/auth/passwords.py",
+    "src/{package}/auth/principal.py",
+    "src/{package}/auth/schemas.py",
+    "src/{package}/auth/tokens.py",
+    "src/{package}/auth/users.py",
+    "migrations/versions/20261201_0002_create_accounts.py",
     "src/{package}/api/__init__.py",
     "src/{package}/api/items.py",
     "src/{package}/api/schemas.py",
@@ -69,6 +81,7 @@ CORE_FILES = (
     "tests/test_wsgi.py",
     "tests/test_resilience.py",
     "tests/test_redis.py",
+    "tests/test_auth.py",
 )
 
 # Paths no bake may contain (template scaffolding the hooks consume).

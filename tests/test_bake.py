@@ -126,5 +126,13 @@ def test_readme_gives_two_commands(bake: Bake) -> None:
 @only("default")
 def test_flask_cli_lists_the_project_commands(bake: Bake) -> None:
     output = bake.run(["uv", "run", "flask", "--help"]).stdout
-    for name in ("db", "seed-items", "show-config", "routes"):
+    for name in (
+        "db",
+        "seed-items",
+        "show-config",
+        "routes",
+        "create-user",
+        "list-users",
+        "create-api-key",
+    ):
         assert name in output

@@ -70,6 +70,7 @@ def request(
     method: str,
     url: str,
     body: dict[str, Any] | bytes | None = None,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
     """Send one request; the status, headers and JSON answer.
 
@@ -83,6 +84,8 @@ def request(
     )
     try:
         connection.putrequest(method, parsed.path or "/")
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
         if data is not None:
             connection.putheader("Content-Type", "application/json")
             connection.putheader("Content-Length", str(len(data)))
@@ -181,8 +184,19 @@ def test_readme_dev_server_serves_the_api(dev_server: str) -> None:
     status, _, body = request("GET", f"{dev_server}/health/live")
     assert (status, body) == (200, {"status": "pass", "checks": {}})
 
+    # A new user signs up and signs in, as the README shows.
+    account = {"email": "first@example.com", "password": "kiln-first-run-42"}
+    status, _, _ = request("POST", f"{dev_server}/api/v1/auth/register", account)
+    assert status == 201
+    status, _, pair = request("POST", f"{dev_server}/api/v1/auth/token", account)
+    assert status == 200
+    signed_in = {"Authorization": f"Bearer {pair['access_token']}"}
+
     status, headers, item = request(
-        "POST", f"{dev_server}/api/v1/items", {"name": "Widget", "quantity": 3}
+        "POST",
+        f"{dev_server}/api/v1/items",
+        {"name": "Widget", "quantity": 3},
+        signed_in,
     )
     assert status == 201
     assert headers["Location"] == f"/api/v1/items/{item['id']}"
@@ -191,7 +205,9 @@ def test_readme_dev_server_serves_the_api(dev_server: str) -> None:
     assert status == 200
     assert [entry["name"] for entry in page["items"]] == ["Widget"]
 
-    status, _, _ = request("DELETE", f"{dev_server}/api/v1/items/{item['id']}")
+    status, _, _ = request(
+        "DELETE", f"{dev_server}/api/v1/items/{item['id']}", headers=signed_in
+    )
     assert status == 204
     status, _, problem = request("GET", f"{dev_server}/api/v1/items/{item['id']}")
     assert status == 404
@@ -243,21 +259,33 @@ class ProductionServer:
     base: str
     process: subprocess.Popen[str]
     database: str
+    # Headers of an operator-made account: its read-write API key.
+    writer: dict[str, str]
 
 
 @pytest.fixture
 def production_server(
-    bake: Bake, make_database: Callable[[], str]
+    bake: Bake, make_database: Callable[[], str], tmp_path: Path
 ) -> Iterator[ProductionServer]:
     """The generated project as production runs it: migrated PostgreSQL, Redis,
-    then Gunicorn with gunicorn.conf.py, two workers, APP_ENV=production."""
+    a signing key made with openssl, an account made with the CLI, then Gunicorn
+    with gunicorn.conf.py, two workers, APP_ENV=production."""
     database = make_database()
+    signing_key = tmp_path / "jwt-private-key.pem"
+    subprocess.run(
+        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"]
+        + ["-out", str(signing_key)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     env = {
         "APP_ENV": "production",
         "DATABASE_URL": database,
         "REDIS_URL": REDIS,
         "REDIS_KEY_PREFIX": f"kiln-{secrets.token_hex(6)}",
         "SECRET_KEY": secrets.token_urlsafe(48),
+        "JWT_PRIVATE_KEY_FILE": str(signing_key),
         "FLASK_SKIP_DOTENV": "1",
         # The tests here race several clients on purpose: room for all of them,
         # so every answer is the API's own, not a designed 429 or 503.
@@ -266,6 +294,16 @@ def production_server(
         "GUNICORN_THREADS": "8",
     }
     bake.run(["uv", "run", "flask", "db", "upgrade"], env=env)
+    bake.run(
+        ["uv", "run", "flask", "create-user", "--email=ops@example.com"]
+        + ["--password=kiln-operator-77"],
+        env=env,
+    )
+    api_key = bake.run(
+        ["uv", "run", "flask", "create-api-key", "--email=ops@example.com"]
+        + ["--name=smoke", "--scope=read", "--scope=write"],
+        env=env,
+    ).stdout.strip()
     port = free_port()
     # The environment's own gunicorn, so that signals reach it directly.
     gunicorn = str(bake.path / ".venv" / "bin" / "gunicorn")
@@ -292,7 +330,7 @@ def production_server(
                 assert server.poll() is None, server.communicate()[1][-3000:]
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.25)
-        yield ProductionServer(base, server, database)
+        yield ProductionServer(base, server, database, {"X-API-Key": api_key})
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
@@ -310,11 +348,17 @@ def test_production_server_on_postgresql(production_server: ProductionServer) ->
     status, _, ready = request("GET", f"{base}/health/startup")
     assert (status, ready["status"]) == (200, "pass")
 
-    status, headers, _ = request("POST", f"{base}/api/v1/items", {"name": "Pg"})
+    writer = production_server.writer
+    status, _, _ = request("POST", f"{base}/api/v1/items", {"name": "Pg"})
+    assert status == 401
+    status, headers, _ = request("POST", f"{base}/api/v1/items", {"name": "Pg"}, writer)
     assert status == 201
     assert headers["Strict-Transport-Security"].startswith("max-age=")
     status, _, problem = request(
-        "POST", f"{base}/api/v1/items", b'{"name": "x"}' + b" " * (2 * 1024 * 1024)
+        "POST",
+        f"{base}/api/v1/items",
+        b'{"name": "x"}' + b" " * (2 * 1024 * 1024),
+        writer,
     )
     assert (status, problem["status"]) == (413, 413)
     status, _, page = request("GET", f"{base}/api/v1/items")
@@ -328,16 +372,17 @@ def test_production_server_on_postgresql(production_server: ProductionServer) ->
 @only("default")
 def test_writes_racing_deletes_get_no_5xx(production_server: ProductionServer) -> None:
     items = f"{production_server.base}/api/v1/items"
+    writer = production_server.writer
     statuses: list[int] = []
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in range(40):
-            _, _, item = request("POST", items, {"name": "Raced"})
+            _, _, item = request("POST", items, {"name": "Raced"}, writer)
             url = f"{items}/{item['id']}"
             racers = [
-                pool.submit(request, "PATCH", url, {"quantity": 1}),
-                pool.submit(request, "DELETE", url),
-                pool.submit(request, "PATCH", url, {"name": "Again"}),
-                pool.submit(request, "DELETE", url),
+                pool.submit(request, "PATCH", url, {"quantity": 1}, writer),
+                pool.submit(request, "DELETE", url, None, writer),
+                pool.submit(request, "PATCH", url, {"name": "Again"}, writer),
+                pool.submit(request, "DELETE", url, None, writer),
             ]
             statuses += [racer.result()[0] for racer in racers]
     assert set(statuses) <= {200, 204, 404}, sorted(statuses)
@@ -356,7 +401,9 @@ def test_a_read_only_database_is_a_503(production_server: ProductionServer) -> N
     try:
         items = f"{production_server.base}/api/v1/items"
         for _ in range(3):
-            status, headers, problem = request("POST", items, {"name": "Nope"})
+            status, headers, problem = request(
+                "POST", items, {"name": "Nope"}, production_server.writer
+            )
             assert (status, problem["status"]) == (503, 503)
             assert headers["Retry-After"] == "5"
         assert request("GET", items)[0] == 200

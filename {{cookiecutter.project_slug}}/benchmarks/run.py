@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 PROJECT = Path(__file__).resolve().parent.parent
 CONSTANT = "/bench/constant"
@@ -80,16 +82,27 @@ def free_port() -> int:
         return port
 
 
+def signing_key() -> str:
+    """A throwaway JWT_PRIVATE_KEY: production refuses to start without one."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 def base_env(workdir: Path, threads: int) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("FLASK_", "GUNICORN_", "POLICY_LIMIT_"))
+        if not name.startswith(("FLASK_", "GUNICORN_", "POLICY_LIMIT_", "JWT_"))
         and name not in {"REDIS_URL", "MAX_IN_FLIGHT", "WEB_CONCURRENCY"}
     }
     env.update(
         APP_ENV="production",
         SECRET_KEY=secrets.token_urlsafe(48),
+        JWT_PRIVATE_KEY=signing_key(),
         DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
         FLASK_SKIP_DOTENV="1",
         WEB_CONCURRENCY="1",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import select
 import socket
@@ -17,14 +18,18 @@ from typing import Any
 import fakeredis
 import pytest
 import redis
+from cryptography.hazmat.primitives import serialization
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from flask_migrate import downgrade, upgrade
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }} import create_app
+from {{ cookiecutter.package_name }}.auth import users
+from {{ cookiecutter.package_name }}.auth.keys import process_key
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.models import ApiKey, User
 from {{ cookiecutter.package_name }}.resilience import store
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -33,6 +38,83 @@ GOOD_PRICE = b'{"amount": "12.50", "currency": "EUR"}'
 MIGRATIONS = PROJECT / "migrations"
 
 AppFactory = Callable[..., Flask]
+
+
+@functools.cache
+def signing_key_pem() -> str:
+    """A PEM RSA key for JWT_PRIVATE_KEY, as production is given one."""
+    return (
+        process_key()
+        .private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        .decode()
+    )
+
+
+# The password of every account the tests make (it passes the policy).
+PASSWORD = "plum-ocelot-37-harbour"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A user the tests made, with an API key of theirs."""
+
+    id: int
+    email: str
+    api_key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"X-API-Key": self.api_key}
+
+
+def add_account(
+    app: Flask,
+    email: str = "writer@example.com",
+    *,
+    roles: tuple[str, ...] = ("user",),
+    scopes: tuple[str, ...] = ("read", "write"),
+) -> Account:
+    """A new account of `app` with PASSWORD, and an API key with `scopes`."""
+    with app.app_context():
+        user = users.create_user(email, PASSWORD, list(roles))
+        _, plain = users.create_api_key(user, "tests", list(scopes))
+        return Account(user.id, user.email, plain)
+
+
+def signed_in(app: Flask, *others: Flask) -> list[FlaskClient]:
+    """Clients of `app` and `others` sending one read-write account's API key.
+
+    The apps stand for workers of one service: an app with a database of its
+    own gets a copy of the account.
+    """
+    account = add_account(app)
+    for other in others:
+        with other.app_context():
+            if users.find_user(account.email) is None:
+                user = User(email=account.email, password_hash="-", roles=["user"])
+                prefix = account.api_key.split("_")[1]
+                db.session.add(user)
+                db.session.flush()
+                db.session.add(
+                    ApiKey(
+                        user_id=user.id,
+                        name="tests",
+                        prefix=prefix,
+                        secret_hash=users.secret_hash(account.api_key),
+                        scopes=["read", "write"],
+                    )
+                )
+                db.session.commit()
+    clients = []
+    for each in (app, *others):
+        client = each.test_client()
+        client.environ_base["HTTP_X_API_KEY"] = account.api_key
+        clients.append(client)
+    return clients
 
 
 def outside_a_window_edge() -> None:
@@ -131,6 +213,13 @@ def migrated_app(empty_app: Flask) -> Iterator[Flask]:
 
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
+    """A client signed in with a read-write API key (writes need one)."""
+    return signed_in(app)[0]
+
+
+@pytest.fixture
+def anonymous(app: Flask) -> FlaskClient:
+    """A client that sends no credentials."""
     return app.test_client()
 
 

@@ -13,7 +13,7 @@ from flask.testing import FlaskClient
 from {{ cookiecutter.package_name }}.bodies import StrictJSONProvider
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 
-from conftest import AppFactory
+from conftest import AppFactory, signed_in
 
 ITEMS = "/api/v1/items"
 
@@ -90,7 +90,7 @@ def test_a_chunked_body_the_server_did_not_decode_is_empty(
 def test_without_a_limit_any_body_is_accepted(make_app: AppFactory) -> None:
     app = make_app(MAX_CONTENT_LENGTH=None, tables=True)
     body = b'{"name": "Big", "description": "' + b"d" * 2000 + b'"}'
-    assert post_chunked(app.test_client(), body).status_code == 201
+    assert post_chunked(signed_in(app)[0], body).status_code == 201
 
 
 def test_a_body_shorter_than_its_length_is_refused(client: FlaskClient) -> None:

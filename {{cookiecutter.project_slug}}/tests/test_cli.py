@@ -18,7 +18,7 @@ from {{ cookiecutter.package_name }}.cli import REDACTED, redact
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item
 
-from conftest import AppFactory
+from conftest import AppFactory, signing_key_pem
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -32,6 +32,7 @@ def flask_command(
         name: value
         for name, value in os.environ.items()
         if name not in {"SECRET_KEY", "DATABASE_URL", "APP_ENV", "FLASK_DEBUG"}
+        and not name.startswith("JWT_")
     }
     env.update(FLASK_SKIP_DOTENV="1", **variables)
     return subprocess.run(  # noqa: S603 - a fixed command line
@@ -99,6 +100,7 @@ def test_redact_keeps_harmless_values() -> None:
             {
                 "APP_ENV": "production",
                 "SECRET_KEY": SAFE_SECRET,
+                "JWT_PRIVATE_KEY": signing_key_pem(),
                 "DATABASE_URL": "sqlite://",
             },
             "Error: `flask run` is the development server",
@@ -123,6 +125,7 @@ def test_production_refuses_the_development_server(
     monkeypatch.setenv("FLASK_SKIP_DOTENV", "1")
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
     monkeypatch.setenv("SECRET_KEY", SAFE_SECRET)
+    monkeypatch.setenv("JWT_PRIVATE_KEY", signing_key_pem())
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     info = ScriptInfo(create_app=lambda: make_app("production"))
     result = CliRunner().invoke(cli, ["run", "--port", "0"], obj=info)

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from flask import Flask
+from flask.testing import FlaskClient
 from psycopg import pq
 from sqlalchemy import event, exc
 from sqlalchemy.engine import make_url
@@ -32,7 +33,7 @@ from {{ cookiecutter.package_name }}.database import (
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 
-from conftest import AppFactory, Relay
+from conftest import AppFactory, Relay, add_account, signed_in
 
 ITEMS = "/api/v1/items"
 POSTGRESQL_URL = os.environ.get("TEST_DATABASE_URL", "")
@@ -64,6 +65,8 @@ def test_requests_get_a_503_while_the_database_is_unavailable(
     file_app: Flask, tmp_path: Path
 ) -> None:
     client = file_app.test_client()
+    # Checking an API key needs the database too.
+    client.environ_base["HTTP_X_API_KEY"] = "ak_0123456789ab_not-a-real-secret"
     for method, path in [("get", ITEMS), ("post", ITEMS), ("get", f"{ITEMS}/1")]:
         response = getattr(client, method)(path, json={"name": "Widget"})
         assert response.status_code == 503, path
@@ -194,10 +197,14 @@ class ReadOnlyError(sqlite3.InternalError):
 
 
 @pytest.fixture
-def read_only_app(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    """An app whose database accepts connections and reads but refuses writes:
-    really (default_transaction_read_only) on PostgreSQL, simulated on SQLite."""
+def read_only_client(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> FlaskClient:
+    """A signed-in client of an app whose database accepts connections and reads
+    but refuses writes: really (default_transaction_read_only) on PostgreSQL,
+    simulated on SQLite."""
     app = make_app(tables=True)
+    account = add_account(app)
     if ON_POSTGRESQL:
         url = make_url(POSTGRESQL_URL).update_query_dict(
             {"options": "-c default_transaction_read_only=on"}
@@ -205,22 +212,25 @@ def read_only_app(make_app: AppFactory, monkeypatch: pytest.MonkeyPatch) -> Flas
         monkeypatch.setenv(
             "TEST_DATABASE_URL", url.render_as_string(hide_password=False)
         )
-        return make_app()
-    with app.app_context():
-        engine = db.engine
+        app = make_app()
+    else:
+        with app.app_context():
+            engine = db.engine
 
-    def refuse_writes(_cursor: Any, statement: str, *_: Any) -> None:
-        if statement.startswith(("INSERT", "UPDATE", "DELETE")):
-            raise ReadOnlyError("cannot execute INSERT in a read-only transaction")
+        def refuse_writes(_cursor: Any, statement: str, *_: Any) -> None:
+            if statement.startswith(("INSERT", "UPDATE", "DELETE")):
+                raise ReadOnlyError("cannot execute INSERT in a read-only transaction")
 
-    event.listen(engine, "do_execute", refuse_writes)
-    return app
+        event.listen(engine, "do_execute", refuse_writes)
+    client = app.test_client()
+    client.environ_base["HTTP_X_API_KEY"] = account.api_key
+    return client
 
 
 def test_a_read_only_database_logs_one_traceback_while_it_lasts(
-    read_only_app: Flask, caplog: pytest.LogCaptureFixture
+    read_only_client: FlaskClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    client = read_only_app.test_client()
+    client = read_only_client
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
             response = client.post(ITEMS, json={"name": "Nope"})
@@ -380,7 +390,7 @@ def test_a_statement_sent_to_a_frozen_server_is_a_503_within_its_deadline(
     # The server answers again: so does the app, without a restart.
     relay.thaw()
     assert timed_get(relayed_app, relay)[0] == 200
-    created = relayed_app.test_client().post(ITEMS, json={"name": "Thawed"})
+    created = signed_in(relayed_app)[0].post(ITEMS, json={"name": "Thawed"})
     assert created.status_code == 201
 
 
@@ -414,7 +424,7 @@ def test_statements_have_a_deadline_only_while_they_run(make_app: AppFactory) ->
 
     event.listen(engine, "before_cursor_execute", record)
     try:
-        client = app.test_client()
+        client = signed_in(app)[0]
         assert client.post(ITEMS, json={"name": "Widget"}).status_code == 201
         assert client.get(ITEMS).status_code == 200
     finally:

@@ -26,7 +26,14 @@ from typing import Any
 import pytest
 import redis
 
-from conftest import PROJECT, FakeUpstream, Reply, outside_a_window_edge
+from conftest import (
+    PASSWORD,
+    PROJECT,
+    FakeUpstream,
+    Reply,
+    outside_a_window_edge,
+    signing_key_pem,
+)
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -47,13 +54,14 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("FLASK_", "APP_", "GUNICORN_"))
+        if not name.startswith(("FLASK_", "APP_", "GUNICORN_", "JWT_"))
         and name not in {"SECRET_KEY", "DATABASE_URL", "WEB_CONCURRENCY", "PORT"}
     }
     env.update(
         GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
         WEB_CONCURRENCY="1",
         APP_ENV="production",
+        JWT_PRIVATE_KEY=signing_key_pem(),
     )
     env.update(variables)
     return env
@@ -190,6 +198,41 @@ def production_database(tmp_path: Path) -> str:
         check=True,
     )
     return url
+
+
+@pytest.fixture
+def writer(production_database: str) -> dict[str, str]:
+    """Headers of an account made with the CLI, as an operator would: an API key."""
+    env = server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database) | {
+        "FLASK_APP": PACKAGE,
+        "FLASK_SKIP_DOTENV": "1",
+    }
+    flask = [sys.executable, "-m", "flask"]
+    subprocess.run(  # noqa: S603 - a fixed command line
+        [*flask, "create-user", "--email", "ops@example.com", "--password", PASSWORD],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    created = subprocess.run(  # noqa: S603 - a fixed command line
+        [
+            *flask,
+            "create-api-key",
+            "--email=ops@example.com",
+            "--name=tests",
+            "--scope=read",
+            "--scope=write",
+        ],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return {"Content-Type": "application/json", "X-API-Key": created.stdout.strip()}
 
 
 def test_the_config_passes_gunicorns_own_check() -> None:
@@ -338,10 +381,10 @@ def test_requests_gunicorn_refuses_get_problem_documents(
 
 
 def test_the_production_server_end_to_end(
-    start_server: Any, production_database: str
+    start_server: Any, production_database: str, writer: dict[str, str]
 ) -> None:
     server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
-    json_headers = {"Content-Type": "application/json"}
+    json_headers = writer
 
     created = server.request(
         "POST", "/api/v1/items", b'{"name": "Widget"}', json_headers, chunked=True
@@ -363,7 +406,7 @@ def test_the_production_server_end_to_end(
     page = server.request("GET", "/api/v1/items").json()
     assert [item["name"] for item in page["items"]] == ["Widget"]
 
-    deleted = server.request("DELETE", created.headers["Location"])
+    deleted = server.request("DELETE", created.headers["Location"], headers=writer)
     assert deleted.status == 204
     assert "Content-Type" not in deleted.headers
     assert server.stop() == 0
@@ -421,6 +464,7 @@ def test_an_open_breaker_is_open_in_every_worker(
     production_database: str,
     redis_settings: dict[str, str],
     pricing_upstream: FakeUpstream,
+    writer: dict[str, str],
 ) -> None:
     server = start_server(
         SECRET_KEY=SAFE_SECRET,
@@ -429,8 +473,8 @@ def test_an_open_breaker_is_open_in_every_worker(
         PRICING_URL=pricing_upstream.url,
         **redis_settings,
     )
-    json_headers = {"Content-Type": "application/json"}
-    assert server.request("POST", "/api/v1/items", b'{"name": "x"}', json_headers)
+    created = server.request("POST", "/api/v1/items", b'{"name": "x"}', writer)
+    assert created.status == 201
     pricing_upstream.default = Reply(status=500)
     for _ in range(5):  # fail_max
         assert server.request("GET", "/api/v1/items/1/price").status == 503
@@ -446,7 +490,10 @@ def test_an_open_breaker_is_open_in_every_worker(
 
 @needs_redis
 def test_a_key_runs_once_across_workers(
-    start_server: Any, production_database: str, redis_settings: dict[str, str]
+    start_server: Any,
+    production_database: str,
+    redis_settings: dict[str, str],
+    writer: dict[str, str],
 ) -> None:
     server = start_server(
         SECRET_KEY=SAFE_SECRET,
@@ -454,7 +501,7 @@ def test_a_key_runs_once_across_workers(
         WEB_CONCURRENCY="2",
         **redis_settings,
     )
-    headers = {"Content-Type": "application/json", "Idempotency-Key": "across-1"}
+    headers = writer | {"Idempotency-Key": "across-1"}
 
     def post(_: int) -> Answer:
         answer: Answer = server.request(
@@ -530,7 +577,10 @@ def own_redis() -> Iterator[OwnRedis]:
 
 
 def test_redis_dying_mid_traffic_fails_no_request(
-    start_server: Any, production_database: str, own_redis: OwnRedis
+    start_server: Any,
+    production_database: str,
+    own_redis: OwnRedis,
+    writer: dict[str, str],
 ) -> None:
     server = start_server(
         SECRET_KEY=SAFE_SECRET,
@@ -541,7 +591,7 @@ def test_redis_dying_mid_traffic_fails_no_request(
         POLICY_LIMIT_READ="100000 per minute",
         POLICY_LIMIT_WRITE="100000 per minute",
     )
-    headers = {"Content-Type": "application/json"}
+    headers = writer
     served: list[int] = []
     keyed: list[Answer] = []
     number = 0

@@ -31,6 +31,7 @@ from conftest import (
     RedisTarget,
     Reply,
     outside_a_window_edge,
+    signed_in,
 )
 
 ITEMS = "/api/v1/items"
@@ -50,7 +51,7 @@ def test_the_switch_moves_every_store_to_redis(
         RATE_LIMITS_ENABLED=True,
         PRICING_URL=pricing_upstream.url,
     )
-    client = app.test_client()
+    client = signed_in(app)[0]
     key = {"Idempotency-Key": "switch-1"}
     assert client.post(ITEMS, json={"name": "Redis"}, headers=key).status_code == 201
     assert client.get(ITEMS).status_code == 200
@@ -65,7 +66,7 @@ def test_the_switch_moves_every_store_to_redis(
 def test_cached_values_are_json_not_pickle(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
-    client = redis_app(make_app, redis_target).test_client()
+    client = signed_in(redis_app(make_app, redis_target))[0]
     client.post(ITEMS, json={"name": "Plain"})
     client.get(ITEMS)
     cached = [
@@ -211,7 +212,7 @@ def test_redis_down_at_boot_does_not_stop_the_app(
         PRICING_URL=pricing_upstream.url,
         RATE_LIMITS_ENABLED=True,
     )
-    client = app.test_client()
+    client = signed_in(app)[0]
     assert client.post(ITEMS, json={"name": "Booted"}).status_code == 201
     with app.app_context():
         db.session.add(Item(name="Priced"))
@@ -227,8 +228,9 @@ def test_redis_down_at_boot_does_not_stop_the_app(
 def test_idempotency_keys_are_shared_through_redis(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
-    first = redis_app(make_app, redis_target).test_client()
-    second = redis_app(make_app, redis_target).test_client()
+    first, second = signed_in(
+        redis_app(make_app, redis_target), redis_app(make_app, redis_target)
+    )
     key = {"Idempotency-Key": "shared-1"}
     created = first.post(ITEMS, json={"name": "Once"}, headers=key)
     replayed = second.post(ITEMS, json={"name": "Once"}, headers=key)
@@ -241,7 +243,7 @@ def test_idempotency_keys_fail_closed_while_redis_is_away(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
     app = redis_app(make_app, redis_target)
-    client = app.test_client()
+    client = signed_in(app)[0]
     redis_target.cut()
     key = {"Idempotency-Key": "offline-1"}
     # Every worker would keep keys of its own: refuse rather than run twice.
@@ -263,7 +265,7 @@ def test_a_cache_outage_is_a_miss_not_an_error(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
     app = redis_app(make_app, redis_target)
-    client = app.test_client()
+    client = signed_in(app)[0]
     client.post(ITEMS, json={"name": "Cached"})
     assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
     redis_target.cut()
@@ -279,7 +281,7 @@ def test_writes_missed_during_an_outage_leave_nothing_stale(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
     app = redis_app(make_app, redis_target)
-    client = app.test_client()
+    client = signed_in(app)[0]
     client.post(ITEMS, json={"name": "Cached"})
     assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
     assert redis_target.stored_keys(), "the page is cached in Redis"
@@ -296,8 +298,10 @@ def test_the_cache_is_shared_and_forgotten_everywhere(
 ) -> None:
     # Two workers: one database, one Redis.
     shared = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'shared.db'}"}
-    first = redis_app(make_app, redis_target, **shared).test_client()
-    second = redis_app(make_app, redis_target, **shared).test_client()
+    first, second = signed_in(
+        redis_app(make_app, redis_target, **shared),
+        redis_app(make_app, redis_target, **shared),
+    )
     first.post(ITEMS, json={"name": "One"})
     assert first.get(ITEMS).json["total"] == 1  # type: ignore[index]
     # A write in one worker forgets the page in all of them.

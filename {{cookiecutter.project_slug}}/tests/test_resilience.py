@@ -13,7 +13,7 @@ from typing import Any
 
 import flask_limiter
 import pytest
-from flask import Blueprint, Flask, g, request
+from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from werkzeug.exceptions import InternalServerError
 
@@ -25,9 +25,8 @@ from {{ cookiecutter.package_name }}.resilience import (
     exempt,
     protected,
 )
-from {{ cookiecutter.package_name }}.resilience.limits import IDENTITY_KEY
 
-from conftest import AppFactory, problem
+from conftest import AppFactory, add_account, problem, signed_in
 
 ITEMS = "/api/v1/items"
 
@@ -71,7 +70,7 @@ def test_a_policy_limit_answers_429_with_headers(make_app: AppFactory) -> None:
 
 def test_each_policy_counts_on_its_own(make_app: AppFactory) -> None:
     app = limited_app(make_app, RESILIENCE_POLICIES=policies(write="1 per minute"))
-    client = app.test_client()
+    client = signed_in(app)[0]
     assert client.post(ITEMS, json={"name": "a"}).status_code == 201
     problem(client.post(ITEMS, json={"name": "b"}), 429)
     assert client.get(ITEMS).status_code == 200
@@ -81,7 +80,7 @@ def test_the_views_of_a_policy_share_its_limit(make_app: AppFactory) -> None:
     # One counter per policy and client, whichever of its views is called:
     # "write" at 2 per minute allows 2 writes, not 2 per method.
     app = limited_app(make_app, RESILIENCE_POLICIES=policies(write="2 per minute"))
-    client = app.test_client()
+    client = signed_in(app)[0]
     created = client.post(ITEMS, json={"name": "a"})
     assert created.status_code == 201
     assert (
@@ -161,19 +160,17 @@ def test_forwarded_addresses_count_only_behind_trusted_proxies(
     )
 
 
-def test_verified_identities_get_their_own_quota(make_app: AppFactory) -> None:
+def test_verified_callers_get_their_own_quota(make_app: AppFactory) -> None:
     app = limited_app(make_app, RESILIENCE_POLICIES=policies(read="1 per minute"))
-
-    @app.before_request
-    def verify() -> None:
-        # What the authentication layer does once credentials check out.
-        if user := request.headers.get("X-Test-User"):
-            g.setdefault(IDENTITY_KEY, f"user:{user}")
-
+    first = add_account(app, "one@example.com")
+    second = add_account(app, "two@example.com")
     client = app.test_client()
-    assert client.get(ITEMS, headers={"X-Test-User": "1"}).status_code == 200
-    assert client.get(ITEMS, headers={"X-Test-User": "2"}).status_code == 200
-    problem(client.get(ITEMS, headers={"X-Test-User": "1"}), 429)
+    assert client.get(ITEMS, headers=first.headers).status_code == 200
+    assert client.get(ITEMS, headers=second.headers).status_code == 200
+    # The address has its own quota; a key that fails verification counts as it.
+    assert client.get(ITEMS).status_code == 200
+    problem(client.get(ITEMS, headers={"X-API-Key": "ak_000000000000_forged"}), 429)
+    problem(client.get(ITEMS, headers=first.headers), 429)
 
 
 @pytest.mark.parametrize(
@@ -410,15 +407,11 @@ def test_server_errors_are_not_kept(make_app: AppFactory) -> None:
     assert len(calls) == 2
 
 
-def test_keys_are_scoped_to_the_caller(app: Flask, client: FlaskClient) -> None:
+def test_keys_are_scoped_to_the_caller(app: Flask) -> None:
     key = {"Idempotency-Key": "shared-name"}
-    for address in ("192.0.2.10", "192.0.2.11"):
-        response = client.post(
-            ITEMS,
-            json={"name": "Mine"},
-            headers=key,
-            environ_base={"REMOTE_ADDR": address},
-        )
+    for email in ("one@example.com", "two@example.com"):
+        caller = add_account(app, email).headers | key
+        response = app.test_client().post(ITEMS, json={"name": "Mine"}, headers=caller)
         assert response.status_code == 201
         assert "Idempotent-Replayed" not in response.headers
     assert count_items(app) == 2
@@ -426,7 +419,7 @@ def test_keys_are_scoped_to_the_caller(app: Flask, client: FlaskClient) -> None:
 
 def test_keys_expire(make_app: AppFactory) -> None:
     app = make_app(IDEMPOTENCY_TTL=1, tables=True)
-    client = app.test_client()
+    client = signed_in(app)[0]
     key = {"Idempotency-Key": "short-lived"}
     assert client.post(ITEMS, json={"name": "A"}, headers=key).status_code == 201
     time.sleep(1.1)
@@ -474,7 +467,7 @@ def test_the_items_list_is_cached_and_forgotten_on_writes(
     make_app: AppFactory,
 ) -> None:
     app = make_app(CACHE_TYPE="SimpleCache", tables=True)
-    client = app.test_client()
+    client = signed_in(app)[0]
     assert client.post(ITEMS, json={"name": "First"}).status_code == 201
     assert client.get(ITEMS).json["total"] == 1  # type: ignore[index]
     # Written behind the API's back: the cached page does not know.

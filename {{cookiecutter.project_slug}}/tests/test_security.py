@@ -6,7 +6,7 @@ import pytest
 from flask import Flask, Response, session
 from flask.testing import FlaskClient
 
-from conftest import AppFactory
+from conftest import AppFactory, signing_key_pem
 
 EXPECTED = {
     "X-Content-Type-Options": "nosniff",
@@ -44,6 +44,7 @@ def test_production_adds_hsts(
     monkeypatch: pytest.MonkeyPatch, make_app: AppFactory
 ) -> None:
     monkeypatch.setenv("SECRET_KEY", "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga")
+    monkeypatch.setenv("JWT_PRIVATE_KEY", signing_key_pem())
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
     response = make_app("production").test_client().get("/health/live")

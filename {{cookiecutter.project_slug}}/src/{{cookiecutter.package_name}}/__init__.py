@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import bodies, database, resilience, security
+from . import auth, bodies, database, resilience, security
 from .api import api_bp
 from .cli import register_commands
 from .config import load_config
@@ -35,6 +35,7 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     security.init_app(app)
     register_error_handlers(app)
     resilience.init_app(app)
+    auth.init_app(app)
     database.init_app(app)
     bodies.init_app(app)
     app.register_blueprint(api_bp)

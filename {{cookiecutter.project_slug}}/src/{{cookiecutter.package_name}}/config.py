@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 import click
 import psycopg
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from flask.cli import run_command
 from flask.helpers import get_debug_flag
 from limits import parse_many
@@ -32,6 +34,8 @@ ENVIRONMENT_VARIABLE = "APP_ENV"
 SERVER_CONFIG = "production"
 SERVER_COMMAND = "gunicorn -c gunicorn.conf.py wsgi:application"
 RANDOM_KEY_COMMAND = "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+RSA_KEY_COMMAND = "openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:3072"
+MIN_RSA_KEY_BITS = 2048
 # The URL schemes this project has drivers for, and the SQLAlchemy URL each becomes.
 DATABASE_DRIVERS = {
     "postgres": "postgresql+psycopg",
@@ -150,6 +154,37 @@ def postgresql_settings(timeouts: Mapping[str, int]) -> dict[str, str]:
         "tcp_user_timeout": "60000",
         "options": f"-c statement_timeout={timeouts['statement'] * 1000}",
     }
+
+
+def rsa_key_problem(pem: bytes) -> str | None:
+    """What is wrong with `pem` as the RS256 signing key, or None."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        return "is not an unencrypted PEM private key"
+    if not isinstance(key, rsa.RSAPrivateKey):
+        return "is not an RSA key (tokens are signed with RS256)"
+    if key.key_size < MIN_RSA_KEY_BITS:
+        return f"has {key.key_size} bits, fewer than RS256's {MIN_RSA_KEY_BITS}"
+    return None
+
+
+def signing_key(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """JWT_PRIVATE_KEY, or the contents of JWT_PRIVATE_KEY_FILE; and which it was."""
+    source = "JWT_PRIVATE_KEY"
+    pem = environ.get(source, "").strip() or None
+    if pem is None and (path := environ.get("JWT_PRIVATE_KEY_FILE", "").strip()):
+        source = f"JWT_PRIVATE_KEY_FILE ({path})"
+        try:
+            with open(path, encoding="ascii") as file:  # noqa: PTH123 - plain read
+                pem = file.read()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"{source} cannot be read: {error.__class__.__name__}"
+            ) from None
+    if pem is not None and (problem := rsa_key_problem(pem.encode())):
+        raise ConfigError(f"{source} {problem}: make one with `{RSA_KEY_COMMAND}`")
+    return pem, source
 
 
 def env_int(
@@ -339,6 +374,12 @@ class Config:
             "read": {"limit": "300 per minute"},
             "write": {"limit": "60 per minute", "idempotency": True},
             "pricing": {"limit": "120 per minute"},
+            # Sign-in and password change: per client and per account.
+            "login": {"limit": "5 per minute"},
+            # Sign-up: per client and per e-mail address.
+            "register": {"limit": "5 per minute; 20 per hour"},
+            # The other auth endpoints (refresh, logout, API keys, ...).
+            "auth": {"limit": "60 per minute"},
         }
     )
     # Circuit breakers by name; "exclude" lists exceptions (relative to the
@@ -357,6 +398,26 @@ class Config:
     PRICING_URL: str | None = None
     # Seconds to wait for the pricing service to answer (connecting: 1 s).
     PRICING_TIMEOUT = 2.0
+
+    # --- Auth (auth/; README "Authentication") ---
+    # The RS256 signing key, PEM (JWT_PRIVATE_KEY, or a file: JWT_PRIVATE_KEY_FILE).
+    # None: development makes one in the instance folder; production refuses.
+    JWT_PRIVATE_KEY: str | None = None
+    JWT_KEY_SOURCE = "JWT_PRIVATE_KEY"
+    # Who issues the tokens and who they are for: checked on every token.
+    JWT_ISSUER = "{{ cookiecutter.project_slug }}"
+    JWT_AUDIENCE = "{{ cookiecutter.project_slug }}-api"
+    # Seconds an access token and a refresh token live.
+    JWT_ACCESS_TTL = 15 * 60
+    JWT_REFRESH_TTL = 14 * 24 * 60 * 60
+    # Seconds of clock difference tolerated between servers.
+    JWT_LEEWAY = 10
+    PASSWORD_MIN_LENGTH = 12
+    # argon2id parameters (RFC 9106's second recommendation: 64 MiB, t=3, p=4);
+    # raising them rehashes each password at its next login.
+    PASSWORD_HASH_TIME_COST = 3
+    PASSWORD_HASH_MEMORY_KIB = 64 * 1024
+    PASSWORD_HASH_PARALLELISM = 4
 
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
@@ -415,6 +476,34 @@ class Config:
         )
         self.TRUSTED_HOSTS = env_list(environ, "TRUSTED_HOSTS")
         self.resilience_settings(environ)
+        self.auth_settings(environ)
+
+    def auth_settings(self, environ: Mapping[str, str]) -> None:
+        """The token signing key and lifetimes, and the password policy."""
+        self.JWT_PRIVATE_KEY, self.JWT_KEY_SOURCE = signing_key(environ)
+        self.JWT_ISSUER = environ.get("JWT_ISSUER") or self.JWT_ISSUER
+        self.JWT_AUDIENCE = environ.get("JWT_AUDIENCE") or self.JWT_AUDIENCE
+        self.JWT_ACCESS_TTL = env_int(
+            environ,
+            "JWT_ACCESS_TTL",
+            self.JWT_ACCESS_TTL,
+            minimum=30,
+            maximum=24 * 3600,
+        )
+        self.JWT_REFRESH_TTL = env_int(
+            environ,
+            "JWT_REFRESH_TTL",
+            self.JWT_REFRESH_TTL,
+            minimum=60,
+            maximum=365 * 24 * 3600,
+        )
+        self.PASSWORD_MIN_LENGTH = env_int(
+            environ,
+            "PASSWORD_MIN_LENGTH",
+            self.PASSWORD_MIN_LENGTH,
+            minimum=8,
+            maximum=128,
+        )
 
     def resilience_settings(self, environ: Mapping[str, str]) -> None:
         """REDIS_URL switches every shared state store to Redis at once."""
@@ -491,6 +580,10 @@ class TestingConfig(Config):
     CACHE_NO_NULL_WARNING = True
     # Never REDIS_URL: tests write to (and clear) the Redis they are given.
     redis_variable = "TEST_REDIS_URL"
+    # Cheap hashes: the suite creates hundreds of accounts.
+    PASSWORD_HASH_TIME_COST = 1
+    PASSWORD_HASH_MEMORY_KIB = 1024
+    PASSWORD_HASH_PARALLELISM = 1
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         super().__init__(environ)
@@ -539,6 +632,11 @@ class ProductionConfig(Config):
             )
         if config.get("TESTING"):
             raise ConfigError("TESTING is on: production must not run in testing mode")
+        if not config.get("JWT_PRIVATE_KEY"):
+            raise ConfigError(
+                "JWT_PRIVATE_KEY is not set (nor JWT_PRIVATE_KEY_FILE): production "
+                f"signs tokens with its own RSA key; make one with `{RSA_KEY_COMMAND}`"
+            )
         if served_by_development_server():
             raise ConfigError(
                 "`flask run` is the development server and never serves production: "

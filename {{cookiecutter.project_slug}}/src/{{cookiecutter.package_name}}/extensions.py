@@ -11,7 +11,7 @@ from spectree import SpecTree
 
 from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
 from .models import Base
-from .openapi import ValidatingPlugin
+from .openapi import SECURITY_SCHEMES, ValidatingPlugin
 
 # Objects keep their loaded values after commit: a view builds its answer from
 # what it wrote, instead of reloading a row a concurrent request may delete.
@@ -35,6 +35,7 @@ spec = SpecTree(
     version=DISTRIBUTION["Version"],
     before=reject_invalid_request,
     after=reject_invalid_response,
+    security_schemes=SECURITY_SCHEMES,
     validation_error_status=422,
     validation_error_model=ValidationProblem,
     naming_strategy=lambda model: model.__name__,

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from spectree import Response
+from spectree import Response, SecurityScheme, SecuritySchemeData
+from spectree.models import InType, SecureType
 from spectree.plugins.base import Context
 from spectree.plugins.flask_plugin import FlaskPlugin
 from spectree.utils import get_model_key
@@ -58,6 +59,38 @@ RATE_LIMIT: dict[str, Header] = {
     },
 }
 
+
+WWW_AUTHENTICATE: Header = {
+    "description": (
+        'How to authenticate: a bearer token (error="invalid_token" when the '
+        "one sent was refused) or an API key."
+    ),
+    "schema": {"type": "string"},
+}
+# The credentials an operation with security=AUTHENTICATED accepts.
+BEARER_SCHEME = "bearerAuth"
+API_KEY_SCHEME = "apiKeyAuth"
+AUTHENTICATED: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}, {API_KEY_SCHEME: []}]
+SECURITY_SCHEMES = [
+    SecurityScheme(
+        name=BEARER_SCHEME,
+        data=SecuritySchemeData(
+            type=SecureType.HTTP,
+            scheme="bearer",
+            bearer_format="JWT",
+            description="An access token from POST /api/v1/auth/token.",
+        ),
+    ),
+    SecurityScheme(
+        name=API_KEY_SCHEME,
+        data=SecuritySchemeData(
+            type=SecureType.API_KEY,
+            name="X-API-Key",
+            field_in=InType.HEADER,
+            description="An API key from POST /api/v1/auth/api-keys.",
+        ),
+    ),
+]
 
 REPLAYED: Header = {
     "description": (
@@ -100,6 +133,8 @@ class Responses(Response):
                 headers.setdefault("Retry-After", RETRY_AFTER)
             if rate_limited:
                 headers = {**RATE_LIMIT, **headers}
+            if status == "401":
+                headers.setdefault("WWW-Authenticate", WWW_AUTHENTICATE)
             if self.replayable and status.startswith("2"):
                 headers["Idempotent-Replayed"] = REPLAYED
             if headers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, request
 from werkzeug.exceptions import BadRequest, UnsupportedMediaType
 
+from ..auth.api import auth_api_bp
 from ..bodies import json_body_problem
 from .docs import docs_bp
 from .items import items_bp
@@ -14,6 +15,7 @@ BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 api_bp = Blueprint("api", __name__, url_prefix="/api")
 api_bp.register_blueprint(items_bp)
+api_bp.register_blueprint(auth_api_bp)
 api_bp.register_blueprint(docs_bp)
 
 

@@ -8,10 +8,11 @@ from typing import Any, NoReturn
 from flask import Blueprint, Response, abort, url_for
 from sqlalchemy import delete, func, select, update
 
+from ..auth import require
 from ..errors import Problem
 from ..extensions import cache, db, spec
 from ..models import Item
-from ..openapi import LOCATION, Responses
+from ..openapi import AUTHENTICATED, LOCATION, Responses
 from ..resilience import IdempotencyKeyHeader, protected
 from ..services.pricing import Price, price_of
 from .schemas import ItemCreate, ItemOut, ItemPage, ItemUpdate, PageQuery
@@ -67,11 +68,14 @@ def list_items(query: PageQuery) -> ItemPage:
 
 @items_bp.post("")
 @protected("write")
+@require(scope="write")
 @spec.validate(
     headers=IdempotencyKeyHeader,
     resp=Responses(
         HTTP_201=ItemOut,
         HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
         HTTP_409=Problem,
         HTTP_413=Problem,
         HTTP_415=Problem,
@@ -82,6 +86,7 @@ def list_items(query: PageQuery) -> ItemPage:
     ),
     tags=TAGS,
     operation_id="create_item",
+    security=AUTHENTICATED,
 )
 def create_item(json: ItemCreate) -> tuple[ItemOut, int, dict[str, str]]:
     """Create an item."""
@@ -115,12 +120,15 @@ def get_item(item_id: int) -> ItemOut:
 
 @items_bp.patch(ITEM_URL)
 @protected("write")
+@require(scope="write")
 @spec.validate(
     headers=IdempotencyKeyHeader,
     resp=Responses(
         HTTP_200=ItemOut,
         HTTP_400=Problem,
         HTTP_404=Problem,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
         HTTP_409=Problem,
         HTTP_413=Problem,
         HTTP_415=Problem,
@@ -130,6 +138,7 @@ def get_item(item_id: int) -> ItemOut:
     ),
     tags=TAGS,
     operation_id="update_item",
+    security=AUTHENTICATED,
 )
 def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
     """Change some fields of an item."""
@@ -148,11 +157,14 @@ def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
 
 @items_bp.delete(ITEM_URL)
 @protected("write")
+@require(scope="write")
 @spec.validate(
     headers=IdempotencyKeyHeader,
     resp=Responses(
         HTTP_204=None,
         HTTP_404=Problem,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
         HTTP_409=Problem,
         HTTP_429=Problem,
         HTTP_503=Problem,
@@ -160,6 +172,7 @@ def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
     ),
     tags=TAGS,
     operation_id="delete_item",
+    security=AUTHENTICATED,
 )
 def delete_item(item_id: int) -> tuple[Response, int]:
     """Delete an item."""

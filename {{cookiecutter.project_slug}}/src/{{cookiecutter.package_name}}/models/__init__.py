@@ -2,5 +2,6 @@
 
 from .base import Base
 from .item import Item
+from .user import ApiKey, TokenFamily, User
 
-__all__ = ["Base", "Item"]
+__all__ = ["ApiKey", "Base", "Item", "TokenFamily", "User"]

@@ -19,7 +19,7 @@ from . import backpressure, breakers, idempotency, limits, protect, store
 from .backpressure import LoadShed, never_shed
 from .breakers import BreakerOpen, breakers_of
 from .idempotency import IdempotencyKeyHeader
-from .limits import limiter
+from .limits import enforce, identify_clients, limiter
 from .protect import protected
 from .store import redis_store
 
@@ -49,7 +49,9 @@ __all__ = [
     "IdempotencyKeyHeader",
     "LoadShed",
     "breakers_of",
+    "enforce",
     "exempt",
+    "identify_clients",
     "init_app",
     "limiter",
     "never_shed",

@@ -37,23 +37,31 @@ from werkzeug.exceptions import TooManyRequests
 from .store import RedisStore
 from .views import routed_view
 
-# Set by the authentication layer once a request's credentials are verified
-# ("user:<id>" or "key:<prefix>"). An unverified API key header is never used:
-# a client could send a new one with every request to get a fresh quota.
-IDENTITY_KEY = "client_identity"
 EXTENSION_KEY = "policy_limits"
+# The function that names a request's verified caller (auth/ registers it).
+IDENTIFY_KEY = "identify_client"
 # The policy limit of the current request, for the RateLimit headers.
 STATE_KEY = "rate_limit_state"
 
 
 def client_identity() -> str:
-    """Who a request counts against: its verified identity, else its address.
+    """Who a request counts against: its verified caller, else its address.
 
-    The address is the peer's, or the one the trusted proxies report
-    (TRUSTED_PROXIES); X-Forwarded-For from anyone else is ignored.
+    A caller is whoever the function given to ``identify_clients`` names
+    ("key:<prefix>" for an API key, "user:<id>" for a token), so a header
+    that fails verification is never used: a client could send a new one with
+    every request to get a fresh quota. The address is the peer's, or the one
+    the trusted proxies report (TRUSTED_PROXIES); X-Forwarded-For from anyone
+    else is ignored.
     """
-    identity: str | None = g.get(IDENTITY_KEY)
+    identify: Callable[[], str | None] | None = current_app.extensions.get(IDENTIFY_KEY)
+    identity = identify() if identify is not None else None
     return identity or f"ip:{request.remote_addr or 'unknown'}"
+
+
+def identify_clients(app: Flask, identify: Callable[[], str | None]) -> None:
+    """Count `app`'s requests by what `identify` says of their caller (or None)."""
+    app.extensions[IDENTIFY_KEY] = identify
 
 
 @functools.lru_cache(maxsize=4096)
@@ -235,12 +243,16 @@ class PolicyLimits:
         return tightest
 
 
-def enforce(policy: str) -> None:
-    """Count this request against `policy`; 429 when it is over the limit."""
+def enforce(policy: str, identity: str | None = None) -> None:
+    """Count this request against `policy`; 429 when it is over the limit.
+
+    `identity` counts it for someone else than the caller: the login views
+    also count each attempt against the account it names.
+    """
     if not current_app.config["RATE_LIMITS_ENABLED"]:
         return
     limits: PolicyLimits = current_app.extensions[EXTENSION_KEY]
-    state = limits.hit(policy, client_identity(), time.time())
+    state = limits.hit(policy, identity or client_identity(), time.time())
     if state is None:
         return
     g.setdefault(STATE_KEY, state)

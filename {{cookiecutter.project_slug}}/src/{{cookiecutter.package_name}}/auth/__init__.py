@@ -1,0 +1,33 @@
+"""Authentication and authorization: accounts, tokens, API keys and roles.
+
+- ``principal``: who is calling (bearer token or API key) and ``require``, the
+  one decorator for scopes and roles.
+- ``users``: what can happen to an account; ``passwords``: argon2id and the
+  password policy; ``tokens`` and ``keys``: RS256 JWTs and their key pair.
+- ``api``: the JSON endpoints under /api/v1/auth; ``commands``: the CLI.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from ..resilience import identify_clients
+from .commands import register_commands
+from .keys import signing_keys
+from .principal import (
+    Principal,
+    authenticated,
+    client_identity,
+    current_principal,
+    require,
+)
+
+
+def init_app(app: Flask) -> None:
+    """Load the signing keys; let the rate limiter count verified callers."""
+    app.extensions["auth_keys"] = signing_keys(app)
+    identify_clients(app, client_identity)
+    register_commands(app)
+
+
+__all__ = ["Principal", "authenticated", "current_principal", "init_app", "require"]

@@ -1,0 +1,311 @@
+"""The auth API under /api/v1/auth: tokens, the caller's account, API keys, users."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response
+from sqlalchemy import select
+from werkzeug.exceptions import Conflict, Forbidden, NotFound
+
+from ..errors import FieldError, Problem, RequestValidationError
+from ..extensions import db, spec
+from ..models import ApiKey, User
+from ..openapi import AUTHENTICATED, LOCATION, Responses
+from ..resilience import enforce, protected
+from . import tokens, users
+from .principal import Principal, Unauthenticated, authenticated, require
+from .schemas import (
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    ApiKeyOut,
+    Credentials,
+    PasswordChange,
+    RefreshRequest,
+    TokenResponse,
+    UserList,
+    UserOut,
+)
+from .tokens import InvalidToken
+
+auth_api_bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
+TAGS = ["auth"]
+BAD_CREDENTIALS = "The e-mail address or the password is not correct."
+
+
+def token_response(pair: users.TokenPair) -> tuple[TokenResponse, int, dict[str, str]]:
+    # RFC 6749 5.1: token answers must not be stored by any cache.
+    return (
+        TokenResponse(
+            access_token=pair.access_token,
+            refresh_token=pair.refresh_token,
+            expires_in=pair.expires_in,
+        ),
+        200,
+        {"Cache-Control": "no-store"},
+    )
+
+
+def invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError(
+        [FieldError(field=field, message=message, code="policy")]
+    )
+
+
+def signed_in_user() -> Principal:
+    """The caller, who must have signed in (a token): API keys manage no accounts."""
+    principal = authenticated()
+    if principal.api_key is not None:
+        raise Forbidden(
+            "An API key cannot do this: use a token from /api/v1/auth/token."
+        )
+    return principal
+
+
+@auth_api_bp.post("/register")
+@protected("register")
+@spec.validate(
+    resp=Responses(
+        HTTP_201=UserOut,
+        HTTP_400=Problem,
+        HTTP_409=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+        headers={201: {"Location": LOCATION}},
+    ),
+    tags=TAGS,
+    operation_id="register",
+)
+def register(json: Credentials) -> tuple[UserOut, int, dict[str, str]]:
+    """Open an account with an e-mail address and a password."""
+    enforce("register", identity=f"account:{json.email}")
+    try:
+        user = users.create_user(json.email, json.password)
+    except users.AccountError as refused:
+        if users.find_user(json.email) is not None:
+            raise Conflict(str(refused)) from None
+        field = "email" if "e-mail" in str(refused) else "password"
+        raise invalid(field, str(refused)) from None
+    return UserOut.model_validate(user), 201, {"Location": "/api/v1/auth/me"}
+
+
+@auth_api_bp.post("/token")
+@protected("login")
+@spec.validate(
+    resp=Responses(
+        HTTP_200=TokenResponse,
+        HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="create_token",
+)
+def create_token(json: Credentials) -> tuple[TokenResponse, int, dict[str, str]]:
+    """Sign in: an e-mail address and password give an access and a refresh token.
+
+    Limited per client address and per account (POLICY_LIMIT_LOGIN).
+    """
+    enforce("login", identity=f"account:{json.email}")
+    user = users.check_password(json.email, json.password)
+    if user is None:
+        raise Unauthenticated(BAD_CREDENTIALS)
+    return token_response(users.sign_in(user))
+
+
+@auth_api_bp.post("/refresh")
+@protected("auth")
+@spec.validate(
+    resp=Responses(
+        HTTP_200=TokenResponse,
+        HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="refresh_token",
+)
+def refresh_token(json: RefreshRequest) -> tuple[TokenResponse, int, dict[str, str]]:
+    """Trade a refresh token for a new pair; each refresh token works once.
+
+    Presenting one a second time revokes every token of that sign-in.
+    """
+    try:
+        pair = users.refresh(json.refresh_token)
+    except InvalidToken as refused:
+        raise Unauthenticated(str(refused), error="invalid_token") from None
+    return token_response(pair)
+
+
+@auth_api_bp.post("/logout")
+@protected("auth")
+@spec.validate(
+    resp=Responses(
+        HTTP_204=None,
+        HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="logout",
+)
+def logout(json: RefreshRequest) -> tuple[Response, int]:
+    """Sign out: the refresh token's sign-in ends, its access tokens with it."""
+    try:
+        claims = tokens.verify(json.refresh_token, "refresh")
+    except InvalidToken as refused:
+        raise Unauthenticated(str(refused), error="invalid_token") from None
+    users.revoke_family(claims["fid"])
+    return Response(status=204), 204
+
+
+@auth_api_bp.get("/me")
+@protected("auth")
+@require()
+@spec.validate(
+    resp=Responses(
+        HTTP_200=UserOut, HTTP_401=Problem, HTTP_429=Problem, HTTP_503=Problem
+    ),
+    tags=TAGS,
+    operation_id="get_me",
+    security=AUTHENTICATED,
+)
+def get_me() -> UserOut:
+    """The caller's account."""
+    return UserOut.model_validate(authenticated().user)
+
+
+@auth_api_bp.post("/password")
+@protected("login")
+@spec.validate(
+    resp=Responses(
+        HTTP_204=None,
+        HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="change_password",
+    security=AUTHENTICATED,
+)
+def change_password(json: PasswordChange) -> tuple[Response, int]:
+    """Change the caller's password; every token and session of theirs ends."""
+    user = signed_in_user().user
+    try:
+        users.change_password(user, json.current_password, json.new_password)
+    except users.AccountError as refused:
+        field = "current_password" if "current" in str(refused) else "new_password"
+        raise invalid(field, str(refused)) from None
+    return Response(status=204), 204
+
+
+@auth_api_bp.get("/api-keys")
+@protected("auth")
+@spec.validate(
+    resp=Responses(
+        HTTP_200=ApiKeyList,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="list_api_keys",
+    security=AUTHENTICATED,
+)
+def list_api_keys() -> ApiKeyList:
+    """The caller's API keys (never their secrets), newest first."""
+    user = signed_in_user().user
+    keys = db.session.scalars(
+        select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.id.desc())
+    )
+    return ApiKeyList(api_keys=[ApiKeyOut.model_validate(key) for key in keys])
+
+
+@auth_api_bp.post("/api-keys")
+@protected("auth")
+@spec.validate(
+    resp=Responses(
+        HTTP_201=ApiKeyCreated,
+        HTTP_400=Problem,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_413=Problem,
+        HTTP_415=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="create_api_key",
+    security=AUTHENTICATED,
+)
+def create_api_key(json: ApiKeyCreate) -> tuple[ApiKeyCreated, int, dict[str, str]]:
+    """A new API key for the caller; its secret is in this answer only."""
+    user = signed_in_user().user
+    key, plain = users.create_api_key(user, json.name, list(json.scopes))
+    created = ApiKeyCreated.model_validate(
+        {**ApiKeyOut.model_validate(key).model_dump(), "key": plain}
+    )
+    return created, 201, {"Cache-Control": "no-store"}
+
+
+@auth_api_bp.delete("/api-keys/<int:key_id>")
+@protected("auth")
+@spec.validate(
+    resp=Responses(
+        HTTP_204=None,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_404=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="revoke_api_key",
+    security=AUTHENTICATED,
+)
+def revoke_api_key(key_id: int) -> tuple[Response, int]:
+    """Revoke an API key: the caller's own, or any key for an admin."""
+    principal = signed_in_user()
+    key = db.session.get(ApiKey, key_id) if key_id < 2**31 else None
+    if key is None or (
+        key.user_id != principal.user.id and not principal.user.has_role("admin")
+    ):
+        raise NotFound(f"API key {key_id} does not exist.")
+    users.revoke_api_key(key)
+    return Response(status=204), 204
+
+
+@auth_api_bp.get("/users")
+@protected("auth")
+@require(role="admin")
+@spec.validate(
+    resp=Responses(
+        HTTP_200=UserList,
+        HTTP_401=Problem,
+        HTTP_403=Problem,
+        HTTP_429=Problem,
+        HTTP_503=Problem,
+    ),
+    tags=TAGS,
+    operation_id="list_users",
+    security=AUTHENTICATED,
+)
+def list_users() -> UserList:
+    """Every account, oldest first (admins only)."""
+    rows = db.session.scalars(select(User).order_by(User.id))
+    return UserList(users=[UserOut.model_validate(user) for user in rows])

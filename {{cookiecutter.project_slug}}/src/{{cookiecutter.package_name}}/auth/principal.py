@@ -1,0 +1,168 @@
+"""Who is calling, and the one decorator that says who may.
+
+A request presents at most one credential: ``Authorization: Bearer <access
+token>`` or ``X-API-Key: <key>``. It is verified once, when first asked for
+(by ``require``, or by the rate limiter, which counts a verified caller by
+its identity instead of its address), and kept for the rest of the request.
+
+    @items_bp.post("")
+    @protected("write")
+    @require(scope="write")
+    @spec.validate(..., security=AUTHENTICATED)
+    def create_item(...): ...
+
+401 (no or bad credentials, with ``WWW-Authenticate``) and 403 (a missing
+scope or role) are problem documents like every other error. Credentials that
+fail verification on a public view are ignored, as if none were sent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ParamSpec
+
+from flask import request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import Forbidden, Unauthorized
+
+from ..models import ApiKey, User
+from ..models.user import SCOPES
+from . import tokens, users
+
+API_KEY_HEADER = "X-API-Key"
+# Kept in the WSGI environ: per request, unlike ``g``, which a request shares
+# with an app context that was pushed before it (as the test suite does).
+PRINCIPAL_KEY = "auth.principal"
+FAILURE_KEY = "auth.failure"
+REALM = "api"
+P = ParamSpec("P")
+View = Callable[P, ResponseReturnValue]
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A verified caller: the user, how they proved it, and what they may do."""
+
+    user: User
+    scopes: frozenset[str]
+    api_key: ApiKey | None = None
+    family: str | None = field(default=None)
+
+    @property
+    def identity(self) -> str:
+        """What rate limits and idempotency keys count this caller as."""
+        if self.api_key is not None:
+            return f"key:{self.api_key.prefix}"
+        return f"user:{self.user.id}"
+
+
+class Unauthenticated(Unauthorized):
+    """401 with the RFC 6750 challenge; `error` is set when a token was refused."""
+
+    def __init__(self, description: str, *, error: str | None = None) -> None:
+        super().__init__(description)
+        bearer = f'Bearer realm="{REALM}"'
+        if error:
+            bearer += f', error="{error}"'
+        self.challenge = f'{bearer}, ApiKey realm="{REALM}"'
+
+    def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
+        return [
+            *super().get_headers(*args, **kwargs),
+            ("WWW-Authenticate", self.challenge),
+        ]
+
+
+def current_principal() -> Principal | None:
+    """The verified caller of this request, or None (anonymous or refused)."""
+    environ = request.environ
+    if PRINCIPAL_KEY not in environ:
+        environ[PRINCIPAL_KEY] = authenticate()
+    found: Principal | None = environ[PRINCIPAL_KEY]
+    return found
+
+
+def authenticate() -> Principal | None:
+    """Verify the request's credential; a failure is remembered for require()."""
+    environ = request.environ
+    bearer = "HTTP_AUTHORIZATION" in environ
+    api_key = "HTTP_X_API_KEY" in environ
+    if not bearer and not api_key:
+        return None
+    try:
+        if bearer and api_key:
+            raise Refused("Send one credential: a bearer token or an API key.")
+        if api_key:
+            return from_api_key(request.headers[API_KEY_HEADER])
+        return from_bearer(request.headers["Authorization"])
+    except Refused as refused:
+        environ[FAILURE_KEY] = str(refused)
+        return None
+
+
+class Refused(Exception):  # noqa: N818 - what happened to the credential
+    """A credential that does not verify; the message tells the client why."""
+
+
+def from_api_key(plain: str) -> Principal:
+    key = users.check_api_key(plain)
+    if key is None:
+        raise Refused("The API key is not valid.")
+    return Principal(user=key.user, scopes=frozenset(key.scopes), api_key=key)
+
+
+def from_bearer(header: str) -> Principal:
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Refused("Use the Bearer scheme: Authorization: Bearer <token>.")
+    try:
+        claims = tokens.verify(token.strip(), "access")
+    except tokens.InvalidToken as invalid:
+        raise Refused(str(invalid)) from None
+    user = users.user_of_access_token(claims)
+    if user is None:
+        raise Refused("The token is revoked or its account disabled.")
+    return Principal(user=user, scopes=frozenset(SCOPES), family=claims["fid"])
+
+
+def client_identity() -> str | None:
+    """The rate limiter's view of the caller: a verified identity, or None."""
+    principal = current_principal()
+    return None if principal is None else principal.identity
+
+
+def authenticated() -> Principal:
+    """The caller, or 401 saying what was wrong with the credential."""
+    principal = current_principal()
+    if principal is None:
+        failure: str | None = request.environ.get(FAILURE_KEY)
+        if failure is None:
+            raise Unauthenticated(
+                "Authentication is required: send a bearer token or an API key."
+            )
+        raise Unauthenticated(failure, error="invalid_token")
+    return principal
+
+
+def require(
+    *, scope: str | None = None, role: str | None = None
+) -> Callable[[View[P]], View[P]]:
+    """Only verified callers, with `scope` (read, write) and `role` when given."""
+    if scope is not None and scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}")
+
+    def decorate(view: View[P]) -> View[P]:
+        @functools.wraps(view)
+        def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
+            principal = authenticated()
+            if scope is not None and scope not in principal.scopes:
+                raise Forbidden(f"This needs the {scope} scope.")
+            if role is not None and not principal.user.has_role(role):
+                raise Forbidden(f"This needs the {role} role.")
+            return view(*args, **kwargs)
+
+        return guarded
+
+    return decorate

@@ -1,0 +1,272 @@
+"""What can happen to an account: sign-up, sign-in, tokens, API keys, passwords.
+
+Views and commands call these; each commits its own change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+import unicodedata
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import contains_eager
+
+from ..extensions import db
+from ..models import ApiKey, TokenFamily, User
+from ..models.base import utcnow
+from ..models.user import EMAIL_MAX_LENGTH, new_uniquifier
+from . import passwords, tokens
+from .tokens import InvalidToken
+
+# API keys read "ak_<prefix>_<secret>": the prefix finds the row, the secret
+# (256 random bits) is only ever stored as its SHA-256. A salted slow hash is
+# for guessable secrets; nobody guesses 256 random bits.
+API_KEY_TAG = "ak"
+PREFIX_BYTES = 6
+# last_used_at is written at most once a minute per key, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+# Deliberately loose (one @, a dot in the domain, no spaces or controls): the
+# address is proven by using it, not by a pattern. Spelt out for JavaScript.
+EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]{1,64}@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$"
+
+
+class AccountError(Exception):
+    """A request about an account that cannot be granted; the message says why."""
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+def normalise_email(email: str) -> str:
+    """One spelling per address: NFKC, trimmed, lowercase."""
+    return unicodedata.normalize("NFKC", email).strip().lower()
+
+
+def find_user(email: str) -> User | None:
+    return db.session.scalar(select(User).where(User.email == normalise_email(email)))
+
+
+def create_user(email: str, password: str, roles: list[str] | None = None) -> User:
+    """A new active account; AccountError for a taken e-mail or a weak password."""
+    email = normalise_email(email)
+    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
+        # NFKC can turn an odd spelling into no address (a fullwidth @ into @).
+        raise AccountError("The e-mail address is not valid.")
+    if problem := passwords.weakness(password, email=email):
+        raise AccountError(f"The password {problem}.")
+    if find_user(email) is not None:
+        raise AccountError("An account with this e-mail address exists already.")
+    user = User(
+        email=email,
+        password_hash=passwords.hash_password(password),
+        roles=sorted(set(roles or ["user"])),
+    )
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
+def check_password(email: str, password: str) -> User | None:
+    """The active account `email` with `password`, else None, in the same time.
+
+    A hash made with older parameters is replaced by one with the current ones.
+    """
+    user = find_user(email)
+    stored = user.password_hash if user is not None and user.active else None
+    if not passwords.verify_password(stored, password) or user is None:
+        return None
+    if passwords.needs_rehash(user.password_hash):
+        user.password_hash = passwords.hash_password(password)
+        db.session.commit()
+    return user
+
+
+def change_password(user: User, current: str, new: str) -> None:
+    """Replace the password; every session and token of the user ends."""
+    if not passwords.verify_password(user.password_hash, current):
+        raise AccountError("The current password is not correct.")
+    if problem := passwords.weakness(new, email=user.email):
+        raise AccountError(f"The new password {problem}.")
+    user.password_hash = passwords.hash_password(new)
+    user.fs_uniquifier = new_uniquifier()
+    revoke_families(user)
+    db.session.commit()
+
+
+def sign_in(user: User) -> TokenPair:
+    """A new token family for `user`: an access token and a refresh token."""
+    family = TokenFamily(
+        id=secrets.token_hex(16),
+        user_id=user.id,
+        current_jti=tokens.new_jti(),
+        expires_at=utcnow() + timedelta(seconds=current_app.config["JWT_REFRESH_TTL"]),
+    )
+    db.session.add(family)
+    db.session.commit()
+    return pair_for(user, family)
+
+
+def pair_for(user: User, family: TokenFamily) -> TokenPair:
+    access, lifetime = tokens.issue("access", subject=str(user.id), family=family.id)
+    refresh, _ = tokens.issue(
+        "refresh", subject=str(user.id), family=family.id, jti=family.current_jti
+    )
+    return TokenPair(access, refresh, lifetime)
+
+
+def refresh(token: str) -> TokenPair:
+    """Trade a refresh token for a new pair; a reused one revokes its family.
+
+    The swap is one conditional UPDATE, so of two requests presenting the same
+    refresh token at once, exactly one wins and the other revokes the family.
+    """
+    claims = tokens.verify(token, "refresh")
+    now = utcnow()
+    new_jti = tokens.new_jti()
+    swapped = db.session.execute(
+        update(TokenFamily)
+        .where(
+            TokenFamily.id == claims["fid"],
+            TokenFamily.current_jti == claims["jti"],
+            TokenFamily.revoked_at.is_(None),
+            TokenFamily.expires_at > now,
+        )
+        .values(
+            current_jti=new_jti,
+            expires_at=now + timedelta(seconds=current_app.config["JWT_REFRESH_TTL"]),
+        )
+        .returning(TokenFamily.id)
+    ).scalar_one_or_none()
+    family = db.session.get(TokenFamily, claims["fid"])
+    if swapped is None or family is None:
+        if family is not None and family.revoked_at is None:
+            family.revoked_at = now
+            db.session.commit()
+            raise InvalidToken(
+                "The refresh token was used before: every token of this sign-in "
+                "is revoked."
+            )
+        db.session.rollback()
+        raise InvalidToken("The refresh token is revoked or expired.")
+    user = db.session.get(User, family.user_id)
+    if user is None or not user.active or str(user.id) != claims["sub"]:
+        db.session.rollback()
+        raise InvalidToken("The account of this token is disabled.")
+    db.session.commit()
+    return pair_for(user, family)
+
+
+def revoke_family(family_id: str) -> None:
+    db.session.execute(
+        update(TokenFamily)
+        .where(TokenFamily.id == family_id, TokenFamily.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    db.session.commit()
+
+
+def revoke_families(user: User) -> None:
+    """Revoke every token family of `user` (the caller commits)."""
+    db.session.execute(
+        update(TokenFamily)
+        .where(TokenFamily.user_id == user.id, TokenFamily.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+
+
+def user_of_access_token(claims: dict[str, object]) -> User | None:
+    """The active user of verified access-token `claims`, if its family stands."""
+    subject = str(claims["sub"])
+    if not subject.isdecimal() or len(subject) > 18:
+        return None
+    return db.session.execute(
+        select(User)
+        .join(TokenFamily, TokenFamily.user_id == User.id)
+        .where(
+            User.id == int(subject),
+            User.active.is_(True),
+            TokenFamily.id == claims["fid"],
+            TokenFamily.revoked_at.is_(None),
+        )
+    ).scalar_one_or_none()
+
+
+def secret_hash(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(user: User, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
+    """A new key for `user`; the plain key is returned here and never again."""
+    prefix = secrets.token_hex(PREFIX_BYTES)
+    plain = f"{API_KEY_TAG}_{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(
+        user_id=user.id,
+        name=name,
+        prefix=prefix,
+        secret_hash=secret_hash(plain),
+        scopes=sorted(set(scopes)),
+    )
+    db.session.add(key)
+    db.session.commit()
+    return key, plain
+
+
+def check_api_key(plain: str) -> ApiKey | None:
+    """The live key `plain` is, with an active user, else None."""
+    tag, _, rest = plain.partition("_")
+    prefix, _, secret = rest.partition("_")
+    if tag != API_KEY_TAG or len(prefix) != 2 * PREFIX_BYTES or not secret:
+        return None
+    key = db.session.scalar(
+        select(ApiKey)
+        .join(User, User.id == ApiKey.user_id)
+        .options(contains_eager(ApiKey.user))
+        .where(
+            ApiKey.prefix == prefix,
+            ApiKey.revoked_at.is_(None),
+            User.active.is_(True),
+        )
+    )
+    if key is None or not hmac.compare_digest(key.secret_hash, secret_hash(plain)):
+        return None
+    note_use(key)
+    return key
+
+
+def note_use(key: ApiKey) -> None:
+    """Record when `key` was last used, at most once a minute.
+
+    Best effort: a database that refuses writes (a read-only replica during a
+    failover) must not turn an authenticated read into an error.
+    """
+    now = utcnow()
+    if key.last_used_at is not None and now - key.last_used_at < LAST_USED_RESOLUTION:
+        return
+    try:
+        db.session.execute(
+            update(ApiKey).where(ApiKey.id == key.id).values(last_used_at=now)
+        )
+        db.session.commit()
+    except DBAPIError:
+        db.session.rollback()
+    else:
+        key.last_used_at = now
+
+
+def revoke_api_key(key: ApiKey) -> None:
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        db.session.commit()
