@@ -273,8 +273,13 @@ def production_server(
     database = make_database()
     signing_key = tmp_path / "jwt-private-key.pem"
     subprocess.run(
-        ["openssl", "genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:3072"]
-        + ["-out", str(signing_key)],
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm=RSA",
+            "-pkeyopt=rsa_keygen_bits:3072",
+            f"-out={signing_key}",
+        ],
         check=True,
         capture_output=True,
         timeout=120,
@@ -295,13 +300,27 @@ def production_server(
     }
     bake.run(["uv", "run", "flask", "db", "upgrade"], env=env)
     bake.run(
-        ["uv", "run", "flask", "create-user", "--email=ops@example.com"]
-        + ["--password=kiln-operator-77"],
+        [
+            "uv",
+            "run",
+            "flask",
+            "create-user",
+            "--email=ops@example.com",
+            "--password=kiln-operator-77",
+        ],
         env=env,
     )
     api_key = bake.run(
-        ["uv", "run", "flask", "create-api-key", "--email=ops@example.com"]
-        + ["--name=smoke", "--scope=read", "--scope=write"],
+        [
+            "uv",
+            "run",
+            "flask",
+            "create-api-key",
+            "--email=ops@example.com",
+            "--name=smoke",
+            "--scope=read",
+            "--scope=write",
+        ],
         env=env,
     ).stdout.strip()
     port = free_port()
