@@ -21,10 +21,18 @@ LICENSES = PROJECT / "licenses"
 
 # Whether each optional feature was selected. A feature adds a line here and a
 # line in FEATURE_PATHS; no other file needs to know how pruning works.
-SELECTED: dict[str, bool] = {}
+SELECTED: dict[str, bool] = {
+    "web_ui": ANSWERS["web_ui"] == "yes",
+}
 
 # Files and folders (relative to the project root) that exist only for a feature.
-FEATURE_PATHS: dict[str, list[str]] = {}
+FEATURE_PATHS: dict[str, list[str]] = {
+    "web_ui": [
+        f"src/{ANSWERS['package_name']}/web",
+        "tests/test_web.py",
+        "tests/test_browser.py",
+    ],
+}
 
 ENV_FILE = """\
 # Local development settings, written once by the project template.

@@ -87,6 +87,23 @@ CORE_FILES = (
 # Paths no bake may contain (template scaffolding the hooks consume).
 CORE_ABSENT = ("licenses",)
 
+# The web UI (web_ui=yes): pages, forms, templates, stylesheet and their tests.
+WEB_UI_FILES = (
+    "src/{package}/web/__init__.py",
+    "src/{package}/web/forms.py",
+    "src/{package}/web/views.py",
+    "src/{package}/web/templates/web/base.html",
+    "src/{package}/web/templates/web/_forms.html",
+    "src/{package}/web/templates/web/login.html",
+    "src/{package}/web/templates/web/register.html",
+    "src/{package}/web/templates/web/profile.html",
+    "src/{package}/web/static/app.css",
+    "tests/test_web.py",
+    "tests/test_browser.py",
+)
+# What an API-only project (web_ui=no) has nothing of.
+WEB_UI_ABSENT = ("src/{package}/web", "tests/test_web.py", "tests/test_browser.py")
+
 
 @dataclass(frozen=True)
 class AnswerSet:
@@ -106,8 +123,15 @@ ANSWER_SETS = {
         AnswerSet(
             name="default",
             answers={},
-            present=("LICENSE",),
-            mentions={"LICENSE": "MIT License", "pyproject.toml": 'license = "MIT"'},
+            present=("LICENSE", *WEB_UI_FILES),
+            mentions={
+                "LICENSE": "MIT License",
+                "pyproject.toml": 'license = "MIT"',
+                # Flask's own templates, copied as they are (not rendered).
+                "src/{package}/web/templates/web/base.html": (
+                    "{{ config.SERVICE_NAME }}"
+                ),
+            },
         ),
         AnswerSet(
             name="apache-py311",
@@ -116,8 +140,10 @@ ANSWER_SETS = {
                 "open_source_license": "Apache-2.0",
                 "python_version": "3.11",
                 "version": "1.0.0rc1",
+                "web_ui": "no",
             },
             present=("LICENSE",),
+            absent=WEB_UI_ABSENT,
             mentions={
                 "LICENSE": "Apache License",
                 "pyproject.toml": 'version = "1.0.0rc1"',
@@ -130,8 +156,10 @@ ANSWER_SETS = {
                 "project_name": "Ledger Service",
                 "open_source_license": "BSD-3-Clause",
                 "python_version": "3.13",
+                "web_ui": "no",
             },
             present=("LICENSE",),
+            absent=WEB_UI_ABSENT,
             mentions={"LICENSE": "BSD 3-Clause License"},
         ),
         AnswerSet(
@@ -144,6 +172,7 @@ ANSWER_SETS = {
                 "open_source_license": "Not open source",
                 "python_version": "3.14",
             },
+            present=WEB_UI_FILES,
             absent=("LICENSE",),
             mentions={"pyproject.toml": "Private :: Do Not Upload"},
         ),

@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from . import auth, bodies, database, resilience, security
+{%- if cookiecutter.web_ui == "yes" %}, web{% endif %}
 from .api import api_bp
 from .cli import register_commands
 from .config import load_config
@@ -40,6 +41,9 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     bodies.init_app(app)
     app.register_blueprint(api_bp)
     app.register_blueprint(health_bp)
+{%- if cookiecutter.web_ui == "yes" %}
+    web.init_app(app)
+{%- endif %}
     register_commands(app)
 
     add_check(app, "database", check_database)

@@ -339,6 +339,8 @@ class Config:
     # Seconds a client is asked to wait (Retry-After) after a 503 that has no
     # better estimate, such as while the database is unavailable.
     RETRY_AFTER_UNAVAILABLE = 5
+    # The name pages and documents show.
+    SERVICE_NAME = {{ cookiecutter.project_name | python_string }}
     # Serve /api/docs and /api/openapi.json.
     API_DOCS_ENABLED = True
     # Host names the app answers to (None: any). Set it behind a proxy that
@@ -432,7 +434,9 @@ class Config:
         ),
         "X-Content-Type-Options": "nosniff",
         "X-Frame-Options": "DENY",
-        "Referrer-Policy": "no-referrer",
+        # Not no-referrer: Flask-WTF checks, over HTTPS, that a form was posted
+        # from this site by its Referer; other sites get none.
+        "Referrer-Policy": "same-origin",
         "Cross-Origin-Resource-Policy": "same-origin",
     }
 

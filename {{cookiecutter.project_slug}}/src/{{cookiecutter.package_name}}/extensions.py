@@ -5,8 +5,14 @@ from __future__ import annotations
 from importlib.metadata import metadata
 
 from flask_caching import Cache
+{%- if cookiecutter.web_ui == "yes" %}
+from flask_login import LoginManager
+{%- endif %}
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
+{%- if cookiecutter.web_ui == "yes" %}
+from flask_wtf import CSRFProtect
+{%- endif %}
 from spectree import SpecTree
 
 from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
@@ -19,6 +25,11 @@ db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
 # Configured by CACHE_TYPE: in-process, Redis (REDIS_URL), or nothing in tests.
 cache = Cache()
+{%- if cookiecutter.web_ui == "yes" %}
+# The web UI's sessions and the CSRF tokens of its forms (web/).
+login_manager = LoginManager()
+csrf = CSRFProtect()
+{%- endif %}
 
 # Description and version come from pyproject.toml, their single source.
 DISTRIBUTION = metadata("{{ cookiecutter.project_slug }}")

@@ -16,6 +16,7 @@ from .commands import register_commands
 from .keys import signing_keys
 from .principal import (
     Principal,
+    accept_sessions,
     authenticated,
     client_identity,
     current_principal,
@@ -30,4 +31,11 @@ def init_app(app: Flask) -> None:
     register_commands(app)
 
 
-__all__ = ["Principal", "authenticated", "current_principal", "init_app", "require"]
+__all__ = [
+    "Principal",
+    "accept_sessions",
+    "authenticated",
+    "current_principal",
+    "init_app",
+    "require",
+]

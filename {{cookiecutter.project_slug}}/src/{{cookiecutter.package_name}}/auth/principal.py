@@ -1,7 +1,8 @@
 """Who is calling, and the one decorator that says who may.
 
 A request presents at most one credential: ``Authorization: Bearer <access
-token>`` or ``X-API-Key: <key>``. It is verified once, when first asked for
+token>`` or ``X-API-Key: <key>`` (or, on the web UI's pages only, a session:
+see ``accept_sessions``). It is verified once, when first asked for
 (by ``require``, or by the rate limiter, which counts a verified caller by
 its identity instead of its address), and kept for the rest of the request.
 
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ParamSpec
 
-from flask import request
+from flask import Flask, current_app, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import Forbidden, Unauthorized
 
@@ -36,6 +37,8 @@ API_KEY_HEADER = "X-API-Key"
 # with an app context that was pushed before it (as the test suite does).
 PRINCIPAL_KEY = "auth.principal"
 FAILURE_KEY = "auth.failure"
+# The function that names a request's session user (the web UI registers it).
+SESSIONS_KEY = "auth_sessions"
 REALM = "api"
 P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
@@ -90,7 +93,7 @@ def authenticate() -> Principal | None:
     bearer = "HTTP_AUTHORIZATION" in environ
     api_key = "HTTP_X_API_KEY" in environ
     if not bearer and not api_key:
-        return None
+        return from_session()
     try:
         if bearer and api_key:
             raise Refused("Send one credential: a bearer token or an API key.")
@@ -104,6 +107,23 @@ def authenticate() -> Principal | None:
 
 class Refused(Exception):  # noqa: N818 - what happened to the credential
     """A credential that does not verify; the message tells the client why."""
+
+
+def accept_sessions(app: Flask, session_user: Callable[[], User | None]) -> None:
+    """Let `session_user` name the caller of requests without a header credential.
+
+    It decides where sessions count (the web UI's pages, never the JSON API,
+    whose routes are exempt from CSRF checks).
+    """
+    app.extensions[SESSIONS_KEY] = session_user
+
+
+def from_session() -> Principal | None:
+    session_user: Callable[[], User | None] | None = current_app.extensions.get(
+        SESSIONS_KEY
+    )
+    user = session_user() if session_user is not None else None
+    return None if user is None else Principal(user=user, scopes=frozenset(SCOPES))
 
 
 def from_api_key(plain: str) -> Principal:

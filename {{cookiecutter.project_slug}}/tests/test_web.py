@@ -1,0 +1,326 @@
+"""The web UI (web/): sessions, forms, CSRF, redirects and error pages."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from {{ cookiecutter.package_name }}.config import ProductionConfig
+from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.models import User
+
+from conftest import PASSWORD, AppFactory, add_account
+
+EMAIL = "writer@example.com"
+
+
+@pytest.fixture
+def site(make_app: AppFactory) -> Flask:
+    """An app with empty tables, and no app context held open: each request
+    gets its own ``g``, as in a server (Flask-Login and Flask-WTF keep the
+    signed-in user and the CSRF token there)."""
+    return make_app(tables=True)
+
+
+@pytest.fixture
+def visitor(site: Flask) -> FlaskClient:
+    """A browser without a session yet."""
+    return site.test_client()
+
+
+NEW_PASSWORD = "a-brand-new-passphrase-42"
+
+
+def csrf_token(page: Any) -> str:
+    """The CSRF token of the (first) form on `page`."""
+    found = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+def log_in(
+    client: FlaskClient,
+    email: str = EMAIL,
+    password: str = PASSWORD,
+    path: str = "/login",
+) -> Any:
+    token = csrf_token(client.get(path))
+    return client.post(
+        path, data={"email": email, "password": password, "csrf_token": token}
+    )
+
+
+def test_pages_render_for_visitors(visitor: FlaskClient) -> None:
+    for path in ("/", "/login", "/register"):
+        page = visitor.get(path)
+        assert page.status_code == 200, path
+        assert page.mimetype == "text/html"
+        assert '<link rel="stylesheet" href="/static/web/app.css">' in page.text
+        assert "<script" not in page.text
+    stylesheet = visitor.get("/static/web/app.css")
+    assert stylesheet.status_code == 200
+    assert stylesheet.mimetype == "text/css"
+    stylesheet.close()
+
+
+def test_every_field_has_a_label_and_the_form_a_token(visitor: FlaskClient) -> None:
+    page = visitor.get("/register").text
+    for name in ("email", "password", "confirm"):
+        assert f'<label for="{name}">' in page
+        assert f'id="{name}"' in page
+    assert 'autocomplete="new-password"' in page
+    assert 'aria-describedby="password-hint"' in page
+
+
+def test_registering_signs_the_visitor_in(visitor: FlaskClient) -> None:
+    token = csrf_token(visitor.get("/register"))
+    response = visitor.post(
+        "/register",
+        data={
+            "email": "New@Example.com",
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+            "csrf_token": token,
+        },
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/profile"
+    profile = visitor.get("/profile")
+    assert profile.status_code == 200
+    assert "new@example.com" in profile.text
+
+
+def test_registration_errors_are_tied_to_their_fields(visitor: FlaskClient) -> None:
+    token = csrf_token(visitor.get("/register"))
+    response = visitor.post(
+        "/register",
+        data={
+            "email": "new@example.com",
+            "password": "password1234",
+            "confirm": "password1234",
+            "csrf_token": token,
+        },
+    )
+    assert response.status_code == 422
+    assert 'aria-invalid="true"' in response.text
+    assert 'aria-describedby="password-hint password-error"' in response.text
+    assert 'id="password-error"' in response.text
+    assert 'role="alert"' in response.text
+    assert "too common" in response.text
+    differ = visitor.post(
+        "/register",
+        data={
+            "email": "new@example.com",
+            "password": PASSWORD,
+            "confirm": PASSWORD + "x",
+            "csrf_token": token,
+        },
+    )
+    assert differ.status_code == 422
+    assert "The passwords differ." in differ.text
+
+
+def test_a_taken_address_is_said_on_the_form(site: Flask, visitor: FlaskClient) -> None:
+    add_account(site)
+    token = csrf_token(visitor.get("/register"))
+    response = visitor.post(
+        "/register",
+        data={
+            "email": EMAIL,
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+            "csrf_token": token,
+        },
+    )
+    assert response.status_code == 422
+    assert "exists already" in response.text
+
+
+def test_a_wrong_password_shows_one_message_for_both_failures(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    add_account(site)
+    wrong = log_in(visitor, password="not the password at all")
+    unknown = log_in(visitor, email="nobody@example.com")
+    for response in (wrong, unknown):
+        assert response.status_code == 422
+        assert "The e-mail address or the password is not correct." in response.text
+    assert visitor.get("/profile").status_code == 302
+
+
+def test_log_in_and_out(site: Flask, visitor: FlaskClient) -> None:
+    add_account(site)
+    response = log_in(visitor)
+    assert (response.status_code, response.headers["Location"]) == (302, "/profile")
+    profile = visitor.get("/profile")
+    assert EMAIL in profile.text
+    token = csrf_token(profile)
+    logout = visitor.post("/logout", data={"csrf_token": token})
+    assert (logout.status_code, logout.headers["Location"]) == (302, "/login")
+    assert visitor.get("/profile").status_code == 302
+
+
+def test_the_profile_needs_a_session(visitor: FlaskClient) -> None:
+    response = visitor.get("/profile")
+    assert response.status_code == 302
+    assert response.headers["Location"] == "/login?next=/profile"
+
+
+@pytest.mark.parametrize(
+    ("next_page", "lands_on"),
+    [
+        ("/profile", "/profile"),
+        ("/?tab=1", "/?tab=1"),
+        ("https://evil.example/", "/profile"),
+        ("//evil.example/", "/profile"),
+        ("/\\evil.example", "/profile"),
+        ("/\t/evil.example", "/profile"),
+        ("javascript:alert(1)", "/profile"),
+        ("profile", "/profile"),
+    ],
+)
+def test_next_only_leads_to_this_site(
+    site: Flask, visitor: FlaskClient, next_page: str, lands_on: str
+) -> None:
+    add_account(site)
+    path = "/login?" + f"next={next_page}"
+    response = log_in(visitor, path=path)
+    assert response.status_code == 302
+    assert response.headers["Location"] == lands_on
+
+
+def test_forms_without_the_csrf_token_are_refused(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    add_account(site)
+    for data in ({}, {"csrf_token": "forged"}):
+        response = visitor.post(
+            "/login", data={"email": EMAIL, "password": PASSWORD} | data
+        )
+        assert response.status_code == 400
+        assert response.mimetype == "text/html"
+        assert "CSRF" in response.text
+    assert visitor.get("/profile").status_code == 302
+    # A token from another session does not pass either.
+    other = site.test_client()
+    stolen = csrf_token(other.get("/login"))
+    response = visitor.post(
+        "/login", data={"email": EMAIL, "password": PASSWORD, "csrf_token": stolen}
+    )
+    assert response.status_code == 400
+
+
+def test_the_api_takes_no_session_and_no_csrf_token(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    account = add_account(site)
+    log_in(visitor)
+    # Signed in on the pages, yet the API sees no credential: a session cookie
+    # a browser sends on its own must not write through the API.
+    response = visitor.post("/api/v1/items", json={"name": "x"})
+    assert response.status_code == 401
+    assert response.mimetype == "application/problem+json"
+    written = visitor.post("/api/v1/items", json={"name": "x"}, headers=account.headers)
+    assert written.status_code == 201
+
+
+def test_a_password_change_ends_the_other_sessions(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    add_account(site)
+    elsewhere = site.test_client()
+    log_in(elsewhere)
+    log_in(visitor)
+    profile = visitor.get("/profile")
+    response = visitor.post(
+        "/profile/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "confirm": NEW_PASSWORD,
+            "csrf_token": csrf_token(profile),
+        },
+    )
+    assert (response.status_code, response.headers["Location"]) == (302, "/profile")
+    assert "other sessions are signed out" in visitor.get("/profile").text
+    assert elsewhere.get("/profile").status_code == 302
+    assert log_in(elsewhere).status_code == 422
+    assert log_in(elsewhere, password=NEW_PASSWORD).status_code == 302
+
+
+def test_a_password_change_needs_the_current_password(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    add_account(site)
+    log_in(visitor)
+    token = csrf_token(visitor.get("/profile"))
+    for current, new, message in (
+        ("wrong-wrong-wrong", NEW_PASSWORD, "current password is not correct"),
+        (PASSWORD, "password1234", "too common"),
+    ):
+        response = visitor.post(
+            "/profile/password",
+            data={
+                "current_password": current,
+                "new_password": new,
+                "confirm": new,
+                "csrf_token": token,
+            },
+        )
+        assert response.status_code == 422
+        assert message in response.text
+
+
+def test_a_disabled_account_loses_its_session(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    account = add_account(site)
+    log_in(visitor)
+    with site.app_context():
+        db.session.get_one(User, account.id).active = False
+        db.session.commit()
+    assert visitor.get("/profile").status_code == 302
+
+
+def test_sign_in_on_the_page_is_limited(make_app: AppFactory) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    add_account(app)
+    client = app.test_client()
+    for _ in range(5):
+        assert log_in(client, password="wrong guess of mine").status_code == 422
+    limited = log_in(client)
+    assert limited.status_code == 429
+    assert limited.mimetype == "text/html"
+    assert int(limited.headers["Retry-After"]) > 0
+
+
+def test_errors_on_pages_are_pages(visitor: FlaskClient) -> None:
+    response = visitor.post("/logout")
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    # Outside the pages, errors stay problem documents.
+    assert visitor.get("/no-such-page").mimetype == "application/problem+json"
+
+
+def test_pages_keep_the_security_headers(visitor: FlaskClient) -> None:
+    page = visitor.get("/login")
+    policy = page.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in policy
+    assert "default-src 'self'" in policy
+    assert page.headers["X-Frame-Options"] == "DENY"
+    assert page.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_session_cookies_are_locked_down_in_production(make_app: AppFactory) -> None:
+    assert ProductionConfig.SESSION_COOKIE_SECURE is True
+    app = make_app(tables=True, SESSION_COOKIE_SECURE=True)
+    add_account(app)
+    response = log_in(app.test_client())
+    cookie = response.headers["Set-Cookie"]
+    assert "Secure" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookie
