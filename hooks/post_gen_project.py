@@ -23,6 +23,7 @@ LICENSES = PROJECT / "licenses"
 # line in FEATURE_PATHS; no other file needs to know how pruning works.
 SELECTED: dict[str, bool] = {
     "web_ui": ANSWERS["web_ui"] == "yes",
+    "use_oauth": ANSWERS["use_oauth"] == "yes",
 }
 
 # Files and folders (relative to the project root) that exist only for a feature.
@@ -31,6 +32,10 @@ FEATURE_PATHS: dict[str, list[str]] = {
         f"src/{ANSWERS['package_name']}/web",
         "tests/test_web.py",
         "tests/test_browser.py",
+    ],
+    "use_oauth": [
+        f"src/{ANSWERS['package_name']}/auth/oidc.py",
+        "tests/test_oidc.py",
     ],
 }
 

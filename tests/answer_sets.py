@@ -101,6 +101,8 @@ WEB_UI_FILES = (
     "tests/test_web.py",
     "tests/test_browser.py",
 )
+# OpenID Connect sign-in (use_oauth=yes).
+OIDC_FILES = ("src/{package}/auth/oidc.py", "tests/test_oidc.py")
 # What an API-only project (web_ui=no) has nothing of.
 WEB_UI_ABSENT = ("src/{package}/web", "tests/test_web.py", "tests/test_browser.py")
 
@@ -124,6 +126,7 @@ ANSWER_SETS = {
             name="default",
             answers={},
             present=("LICENSE", *WEB_UI_FILES),
+            absent=OIDC_FILES,
             mentions={
                 "LICENSE": "MIT License",
                 "pyproject.toml": 'license = "MIT"',
@@ -141,8 +144,9 @@ ANSWER_SETS = {
                 "python_version": "3.11",
                 "version": "1.0.0rc1",
                 "web_ui": "no",
+                "use_oauth": "yes",
             },
-            present=("LICENSE",),
+            present=("LICENSE", *OIDC_FILES),
             absent=WEB_UI_ABSENT,
             mentions={
                 "LICENSE": "Apache License",
@@ -159,7 +163,7 @@ ANSWER_SETS = {
                 "web_ui": "no",
             },
             present=("LICENSE",),
-            absent=WEB_UI_ABSENT,
+            absent=(*WEB_UI_ABSENT, *OIDC_FILES),
             mentions={"LICENSE": "BSD 3-Clause License"},
         ),
         AnswerSet(
@@ -171,8 +175,9 @@ ANSWER_SETS = {
                 "author_name": "Zoë O'Brien",
                 "open_source_license": "Not open source",
                 "python_version": "3.14",
+                "use_oauth": "yes",
             },
-            present=WEB_UI_FILES,
+            present=(*WEB_UI_FILES, *OIDC_FILES),
             absent=("LICENSE",),
             mentions={"pyproject.toml": "Private :: Do Not Upload"},
         ),

@@ -11,6 +11,9 @@ from flask import Flask
 from . import auth, bodies, database, resilience, security
 {%- if cookiecutter.web_ui == "yes" %}, web{% endif %}
 from .api import api_bp
+{%- if cookiecutter.use_oauth == "yes" %}
+from .auth import oidc
+{%- endif %}
 from .cli import register_commands
 from .config import load_config
 from .errors import register_error_handlers
@@ -46,6 +49,9 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
 {%- endif %}
     register_commands(app)
 
+{%- if cookiecutter.use_oauth == "yes" %}
+    oidc.init_app(app)
+{%- endif %}
     add_check(app, "database", check_database)
     add_check(app, "database", check_database, startup=True)
     add_check(app, "migrations", check_migrations, startup=True)

@@ -187,6 +187,60 @@ def signing_key(environ: Mapping[str, str]) -> tuple[str | None, str]:
     return pem, source
 
 
+{%- if cookiecutter.use_oauth == "yes" %}
+
+
+# Metadata (discovery) URLs of providers that need no OIDC_<NAME>_METADATA_URL.
+WELL_KNOWN_PROVIDERS = {
+    "google": "https://accounts.google.com/.well-known/openid-configuration",
+}
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def oidc_providers(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    """The providers of OIDC_PROVIDERS (default: google) that have credentials."""
+    names = [
+        name.strip().lower()
+        for name in environ.get("OIDC_PROVIDERS", "google").split(",")
+        if name.strip()
+    ]
+    providers = {}
+    for name in names:
+        if not name.isascii() or not name.isalnum():
+            raise ConfigError(
+                f"OIDC_PROVIDERS names {name!r}: use letters and digits only"
+            )
+        prefix = f"OIDC_{name.upper()}_"
+        client_id = environ.get(f"{prefix}CLIENT_ID", "").strip()
+        secret = environ.get(f"{prefix}CLIENT_SECRET", "").strip()
+        if not client_id or not secret:
+            continue
+        variable = f"{prefix}METADATA_URL"
+        metadata_url = environ.get(variable, "").strip() or WELL_KNOWN_PROVIDERS.get(
+            name, ""
+        )
+        try:
+            parsed = parse_url(metadata_url)
+        except LocationParseError:
+            parsed = None
+        secure = parsed is not None and (
+            parsed.scheme == "https"
+            or (parsed.scheme == "http" and parsed.host in LOOPBACK_HOSTS)
+        )
+        if not secure:
+            raise ConfigError(
+                f"{variable} must be the provider's https:// discovery URL "
+                "(.well-known/openid-configuration)"
+            )
+        providers[name] = {
+            "client_id": client_id,
+            "client_secret": secret,
+            "metadata_url": metadata_url,
+        }
+    return providers
+{%- endif %}
+
+
 def env_int(
     environ: Mapping[str, str],
     name: str,
@@ -415,6 +469,15 @@ class Config:
     # Seconds of clock difference tolerated between servers.
     JWT_LEEWAY = 10
     PASSWORD_MIN_LENGTH = 12
+{%- if cookiecutter.use_oauth == "yes" %}
+    # OpenID Connect providers (auth/oidc.py), by name: OIDC_PROVIDERS lists
+    # them; each needs OIDC_<NAME>_CLIENT_ID and OIDC_<NAME>_CLIENT_SECRET, and
+    # OIDC_<NAME>_METADATA_URL unless it is a well-known one. Providers without
+    # credentials are not offered.
+    OIDC_PROVIDERS: Mapping[str, Mapping[str, str]] = MappingProxyType({})
+    # Seconds to wait for a provider's metadata, keys and token endpoint.
+    OIDC_TIMEOUT = 5.0
+{%- endif %}
     # argon2id parameters (RFC 9106's second recommendation: 64 MiB, t=3, p=4);
     # raising them rehashes each password at its next login.
     PASSWORD_HASH_TIME_COST = 3
@@ -508,6 +571,12 @@ class Config:
             minimum=8,
             maximum=128,
         )
+{%- if cookiecutter.use_oauth == "yes" %}
+        self.OIDC_PROVIDERS = oidc_providers(environ)
+        self.OIDC_TIMEOUT = env_seconds(
+            environ, "OIDC_TIMEOUT", self.OIDC_TIMEOUT, maximum=60
+        )
+{%- endif %}
 
     def resilience_settings(self, environ: Mapping[str, str]) -> None:
         """REDIS_URL switches every shared state store to Redis at once."""

@@ -16,6 +16,7 @@ from .commands import register_commands
 from .keys import signing_keys
 from .principal import (
     Principal,
+    Sessions,
     accept_sessions,
     authenticated,
     client_identity,
@@ -33,6 +34,7 @@ def init_app(app: Flask) -> None:
 
 __all__ = [
     "Principal",
+    "Sessions",
     "accept_sessions",
     "authenticated",
     "current_principal",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+import secrets
 from importlib.resources import files
 
 from argon2 import PasswordHasher
@@ -22,6 +23,8 @@ from flask import current_app
 # the same time as a wrong password (no account enumeration by timing).
 DUMMY_PASSWORD = "not the password of any account"  # noqa: S105 - a decoy
 MAX_LENGTH = 1024
+# Marks a stored hash that no password matches.
+UNUSABLE = "!"
 EDGES = re.compile(r"^[\W\d_]+|[\W\d_]+$")
 
 
@@ -54,6 +57,11 @@ def hash_password(password: str) -> str:
     return hasher().hash(password)
 
 
+def unusable_hash() -> str:
+    """A stored hash no password matches (an account without a password)."""
+    return UNUSABLE + secrets.token_hex(16)
+
+
 @functools.cache
 def dummy_hash(time_cost: int, memory_cost: int, parallelism: int) -> str:
     return PasswordHasher(time_cost, memory_cost, parallelism=parallelism).hash(
@@ -62,13 +70,14 @@ def dummy_hash(time_cost: int, memory_cost: int, parallelism: int) -> str:
 
 
 def verify_password(stored_hash: str | None, password: str) -> bool:
-    """Whether `password` matches `stored_hash`; None (no account) never does.
+    """Whether `password` matches `stored_hash`; None (no account) never does,
+    nor does an unusable hash (an account without a password).
 
     Without an account a decoy hash with the same parameters is checked, so
     both failures take the same time.
     """
     chosen = hasher()
-    if stored_hash is None:
+    if stored_hash is None or stored_hash.startswith(UNUSABLE):
         decoy = dummy_hash(chosen.time_cost, chosen.memory_cost, chosen.parallelism)
         with contextlib.suppress(VerificationError):
             chosen.verify(decoy, password)

@@ -109,20 +109,32 @@ class Refused(Exception):  # noqa: N818 - what happened to the credential
     """A credential that does not verify; the message tells the client why."""
 
 
-def accept_sessions(app: Flask, session_user: Callable[[], User | None]) -> None:
-    """Let `session_user` name the caller of requests without a header credential.
+@dataclass(frozen=True)
+class Sessions:
+    """How a front end with sessions (the web UI) plugs into authentication.
 
-    It decides where sessions count (the web UI's pages, never the JSON API,
-    whose routes are exempt from CSRF checks).
+    ``user`` names the signed-in user of a request, and decides where sessions
+    count (the web UI's pages, never the JSON API, whose routes take no CSRF
+    token); ``start`` signs a user in and answers the browser (a sign-in
+    through an identity provider ends there).
     """
-    app.extensions[SESSIONS_KEY] = session_user
+
+    user: Callable[[], User | None]
+    start: Callable[[User], ResponseReturnValue]
+
+
+def accept_sessions(app: Flask, sessions: Sessions) -> None:
+    app.extensions[SESSIONS_KEY] = sessions
+
+
+def sessions_of(app: Flask) -> Sessions | None:
+    found: Sessions | None = app.extensions.get(SESSIONS_KEY)
+    return found
 
 
 def from_session() -> Principal | None:
-    session_user: Callable[[], User | None] | None = current_app.extensions.get(
-        SESSIONS_KEY
-    )
-    user = session_user() if session_user is not None else None
+    sessions = sessions_of(current_app)
+    user = sessions.user() if sessions is not None else None
     return None if user is None else Principal(user=user, scopes=frozenset(SCOPES))
 
 

@@ -79,6 +79,17 @@ def create_user(email: str, password: str, roles: list[str] | None = None) -> Us
     return user
 
 
+def create_user_without_password(email: str) -> User:
+    """A new account that only an identity provider signs in (auth/oidc.py)."""
+    email = normalise_email(email)
+    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
+        raise AccountError("The e-mail address is not valid.")
+    user = User(email=email, password_hash=passwords.unusable_hash())
+    db.session.add(user)
+    db.session.commit()
+    return user
+
+
 def check_password(email: str, password: str) -> User | None:
     """The active account `email` with `password`, else None, in the same time.
 

@@ -14,10 +14,10 @@ from flask import Flask, request
 from flask_login import current_user
 from sqlalchemy import select
 
-from ..auth import accept_sessions
+from ..auth import Sessions, accept_sessions
 from ..extensions import csrf, db, login_manager
 from ..models import User
-from .views import SessionUser, web_bp
+from .views import SessionUser, sign_in_page, web_bp
 
 BLUEPRINT = "web"
 
@@ -47,7 +47,7 @@ def init_app(app: Flask) -> None:
     # Checked where sessions count, these pages (views.py), not on the API.
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
     csrf.init_app(app)
-    accept_sessions(app, session_user)
+    accept_sessions(app, Sessions(user=session_user, start=sign_in_page))
     app.register_blueprint(web_bp)
 
 

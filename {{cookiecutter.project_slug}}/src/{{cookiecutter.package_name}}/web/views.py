@@ -87,6 +87,13 @@ def start_session(user: User) -> None:
     login_user(SessionUser(user))
 
 
+def sign_in_page(user: User) -> ResponseReturnValue:
+    """Where a sign-in through an identity provider ends: signed in, the profile."""
+    start_session(user)
+    flash("You are signed in.", "success")
+    return redirect(url_for("web.profile"))
+
+
 @web_bp.get("/")
 def index() -> str:
     return render_template("web/index.html")

@@ -1,0 +1,129 @@
+"""Sign-in with OpenID Connect providers (Authlib), linked by verified e-mail.
+
+OIDC_PROVIDERS in config.py names the providers; one without a client id and
+secret in the environment is not offered. The flow is the authorization code
+flow with state and nonce (Authlib keeps both in the session and checks the
+ID token's signature, issuer, audience, expiry and nonce). An account is
+linked by the provider's e-mail address only when the provider says it
+verified it (``email_verified``); an address no account has yet gets a new
+account, without a password.
+
+With the web UI the sign-in ends in a session, as a password sign-in does;
+an API-only service answers the callback with a token pair instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from authlib.integrations.base_client.errors import OAuthError
+from authlib.integrations.flask_client import OAuth
+from flask import Blueprint, Flask, current_app, url_for
+from flask.typing import ResponseReturnValue
+from joserfc.errors import JoseError
+from werkzeug.exceptions import (
+    BadRequest,
+    Forbidden,
+    NotFound,
+    ServiceUnavailable,
+)
+
+from . import users
+from .principal import sessions_of
+from .schemas import TokenResponse
+
+oidc_bp = Blueprint("oidc", __name__, url_prefix="/auth/oidc")
+EXTENSION_KEY = "oidc"
+SCOPES = "openid email profile"
+
+
+def clients() -> OAuth:
+    found: OAuth = current_app.extensions[EXTENSION_KEY]
+    return found
+
+
+def client_of(name: str) -> Any:
+    """The registered client of provider `name`, or 404."""
+    if name not in current_app.config["OIDC_PROVIDERS"]:
+        raise NotFound(f"No identity provider {name!r} is offered.")
+    return clients().create_client(name)
+
+
+def offered() -> list[dict[str, str]]:
+    """The providers a page can offer: name and sign-in URL."""
+    return [
+        {"name": name, "url": url_for("oidc.login", name=name)}
+        for name in current_app.config["OIDC_PROVIDERS"]
+    ]
+
+
+@oidc_bp.get("/<name>/login")
+def login(name: str) -> ResponseReturnValue:
+    """Send the browser to the provider (state and nonce go into the session)."""
+    client = client_of(name)
+    redirect_uri = url_for(".callback", name=name, _external=True)
+    try:
+        response: ResponseReturnValue = client.authorize_redirect(redirect_uri)
+    except requests.RequestException:
+        raise ServiceUnavailable(
+            f"The identity provider {name} did not answer."
+        ) from None
+    return response
+
+
+@oidc_bp.get("/<name>/callback")
+def callback(name: str) -> ResponseReturnValue:
+    """The provider's answer: verify it, find or make the account, sign in."""
+    client = client_of(name)
+    try:
+        token = client.authorize_access_token()
+    except OAuthError as error:
+        raise BadRequest(f"The sign-in with {name} failed ({error.error}).") from None
+    except JoseError as error:
+        # The ID token's signature, issuer, audience, expiry or nonce is wrong.
+        raise BadRequest(
+            f"The ID token of {name} did not verify ({error.error})."
+        ) from None
+    except requests.RequestException:
+        raise ServiceUnavailable(
+            f"The identity provider {name} did not answer."
+        ) from None
+    claims: dict[str, Any] = token.get("userinfo") or {}
+    email = claims.get("email")
+    if not isinstance(email, str) or claims.get("email_verified") is not True:
+        raise Forbidden(f"{name} did not confirm a verified e-mail address.")
+    user = users.find_user(email)
+    if user is None:
+        try:
+            user = users.create_user_without_password(email)
+        except users.AccountError as refused:
+            raise Forbidden(str(refused)) from None
+    if not user.active:
+        raise Forbidden("This account is disabled.")
+    sessions = sessions_of(current_app)
+    if sessions is not None:
+        return sessions.start(user)
+    pair = users.sign_in(user)
+    answer = TokenResponse(
+        access_token=pair.access_token,
+        refresh_token=pair.refresh_token,
+        expires_in=pair.expires_in,
+    )
+    return answer.model_dump(), 200, {"Cache-Control": "no-store"}
+
+
+def init_app(app: Flask) -> None:
+    """Register each provider that has credentials, and the sign-in routes."""
+    registry = OAuth(app)
+    for name, provider in app.config["OIDC_PROVIDERS"].items():
+        registry.register(
+            name=name,
+            client_id=provider["client_id"],
+            client_secret=provider["client_secret"],
+            server_metadata_url=provider["metadata_url"],
+            client_kwargs={"scope": SCOPES, "timeout": app.config["OIDC_TIMEOUT"]},
+        )
+    app.extensions[EXTENSION_KEY] = registry
+    app.register_blueprint(oidc_bp)
+    app.context_processor(lambda: {"oidc_providers": offered()})

@@ -1,0 +1,370 @@
+"""Sign-in with OpenID Connect (auth/oidc.py), against a fake provider on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from {{ cookiecutter.package_name }}.config import ConfigError, oidc_providers
+from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.models import User
+
+from conftest import PASSWORD, AppFactory, add_account
+
+CLIENT_ID = "kiln-test-client"
+EMAIL = "someone@example.com"
+
+
+@dataclass
+class FakeProvider:
+    """An OpenID provider: discovery, keys, and a token endpoint that signs
+    whatever claims the test sets (``claims``) with ``key``."""
+
+    url: str = ""
+    key: rsa.RSAPrivateKey = field(
+        default_factory=lambda: rsa.generate_private_key(65537, 2048)
+    )
+    claims: dict[str, Any] = field(default_factory=dict)
+    # Signs ID tokens instead of ``key`` (whose public half the keys still show).
+    forger: rsa.RSAPrivateKey | None = None
+    token_requests: int = 0
+    down: bool = False
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "issuer": self.url,
+            "authorization_endpoint": f"{self.url}/authorize",
+            "token_endpoint": f"{self.url}/token",
+            "jwks_uri": f"{self.url}/jwks",
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code"],
+            "subject_types_supported": ["public"],
+        }
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
+        return {"keys": [{**jwk, "kid": "fake-1", "use": "sig", "alg": "RS256"}]}
+
+    def token(self) -> dict[str, Any]:
+        now = int(time.time())
+        claims = {
+            "iss": self.url,
+            "aud": CLIENT_ID,
+            "sub": "provider-user-1",
+            "iat": now,
+            "exp": now + 300,
+            **self.claims,
+        }
+        signer = self.forger or self.key
+        id_token = jwt.encode(claims, signer, "RS256", headers={"kid": "fake-1"})
+        return {
+            "access_token": "provider-access-token",
+            "token_type": "Bearer",
+            "expires_in": 300,
+            "id_token": id_token,
+        }
+
+
+@pytest.fixture
+def provider() -> Iterator[FakeProvider]:
+    fake = FakeProvider()
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self, body: dict[str, Any]) -> None:
+            if fake.down:
+                self.send_response(503)
+                self.end_headers()
+                return
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            pages = {
+                "/.well-known/openid-configuration": fake.metadata,
+                "/jwks": fake.jwks,
+            }
+            self.answer(pages[self.path]())
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            fake.token_requests += 1
+            self.answer(fake.token())
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=10)
+
+
+@pytest.fixture
+def site(make_app: AppFactory, provider: FakeProvider) -> Flask:
+    """An app offering the fake provider, with no app context held open."""
+    return make_app(
+        tables=True,
+        OIDC_PROVIDERS={
+            "fake": {
+                "client_id": CLIENT_ID,
+                "client_secret": "kiln-test-secret",
+                "metadata_url": f"{provider.url}/.well-known/openid-configuration",
+            }
+        },
+    )
+
+
+def start(client: FlaskClient, provider: FakeProvider) -> dict[str, str]:
+    """Begin a sign-in: the redirect's parameters (state, nonce, ...)."""
+    response = client.get("/auth/oidc/fake/login")
+    assert response.status_code == 302
+    location = urllib.parse.urlsplit(response.headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == (
+        f"{provider.url}/authorize"
+    )
+    return dict(urllib.parse.parse_qsl(location.query))
+
+
+def finish(client: FlaskClient, state: str) -> Any:
+    return client.get(f"/auth/oidc/fake/callback?code=the-code&state={state}")
+
+
+def signed_in(site: Flask, client: FlaskClient, response: Any) -> int:
+    """The id of the user `response` signed in, as a session or a token pair."""
+    if "web" in site.blueprints:
+        assert response.status_code == 302
+        assert response.headers["Location"] == "/profile"
+        assert client.get("/profile").status_code == 200
+    else:
+        assert response.status_code == 200
+        assert response.headers["Cache-Control"] == "no-store"
+        token = response.json["access_token"]
+        me = client.get("/api/v1/auth/me", headers={"Authorization": f"Bearer {token}"})
+        assert me.status_code == 200
+    with site.app_context():
+        user = db.session.scalar(select(User).where(User.email == EMAIL))
+        assert user is not None
+        return user.id
+
+
+def test_a_verified_address_gets_an_account_and_is_signed_in(
+    site: Flask, provider: FakeProvider
+) -> None:
+    client = site.test_client()
+    parameters = start(client, provider)
+    assert parameters["client_id"] == CLIENT_ID
+    assert set(parameters["scope"].split()) == {"openid", "email", "profile"}
+    assert parameters["nonce"]
+    provider.claims = {
+        "email": EMAIL.upper(),
+        "email_verified": True,
+        "nonce": parameters["nonce"],
+    }
+    signed_in(site, client, finish(client, parameters["state"]))
+    if "web" in site.blueprints:
+        page = site.test_client().get("/login").text
+        assert '<a href="/auth/oidc/fake/login">Fake</a>' in page
+    # The account has no password: a password sign-in fails like any other.
+    wrong = client.post("/api/v1/auth/token", json={"email": EMAIL, "password": "!"})
+    assert wrong.status_code == 401
+
+
+def test_an_existing_account_is_linked_by_its_verified_address(
+    site: Flask, provider: FakeProvider
+) -> None:
+    account = add_account(site, EMAIL)
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = {
+        "email": EMAIL,
+        "email_verified": True,
+        "nonce": parameters["nonce"],
+    }
+    assert signed_in(site, client, finish(client, parameters["state"])) == account.id
+    # Its password still works.
+    token = client.post(
+        "/api/v1/auth/token", json={"email": EMAIL, "password": PASSWORD}
+    )
+    assert token.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        {"email": EMAIL, "email_verified": False},
+        {"email": EMAIL},
+        {"email": EMAIL, "email_verified": "true"},
+        {"email_verified": True},
+    ],
+    ids=["unverified", "verification-unsaid", "verified-as-text", "no-address"],
+)
+def test_only_a_verified_address_links_or_creates(
+    site: Flask, provider: FakeProvider, claims: dict[str, Any]
+) -> None:
+    add_account(site, "other@example.com")
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = {**claims, "nonce": parameters["nonce"]}
+    response = finish(client, parameters["state"])
+    assert response.status_code == 403
+    with site.app_context():
+        assert db.session.scalar(select(User).where(User.email == EMAIL)) is None
+
+
+def test_a_forged_or_replayed_state_is_refused(
+    site: Flask, provider: FakeProvider
+) -> None:
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = {
+        "email": EMAIL,
+        "email_verified": True,
+        "nonce": parameters["nonce"],
+    }
+    assert finish(client, "forged-state").status_code == 400
+    # Another browser cannot complete this browser's sign-in.
+    assert finish(site.test_client(), parameters["state"]).status_code == 400
+    assert provider.token_requests == 0
+    signed_in(site, client, finish(client, parameters["state"]))
+    # A state works once.
+    assert finish(client, parameters["state"]).status_code == 400
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["wrong-nonce", "wrong-audience", "wrong-issuer", "expired", "other-key"],
+)
+def test_an_id_token_that_does_not_verify_is_refused(
+    site: Flask, provider: FakeProvider, forgery: str
+) -> None:
+    client = site.test_client()
+    parameters = start(client, provider)
+    claims: dict[str, Any] = {
+        "email": EMAIL,
+        "email_verified": True,
+        "nonce": parameters["nonce"],
+    }
+    if forgery == "wrong-nonce":
+        claims["nonce"] = "another"
+    elif forgery == "wrong-audience":
+        claims["aud"] = "someone-else"
+    elif forgery == "wrong-issuer":
+        claims["iss"] = "https://evil.example"
+    elif forgery == "expired":
+        claims["exp"] = int(time.time()) - 3600
+        claims["iat"] = int(time.time()) - 7200
+    else:
+        provider.forger = rsa.generate_private_key(65537, 2048)
+    provider.claims = claims
+    response = finish(client, parameters["state"])
+    assert response.status_code == 400
+    with site.app_context():
+        assert db.session.scalar(select(User).where(User.email == EMAIL)) is None
+
+
+def test_a_disabled_account_is_not_signed_in(
+    site: Flask, provider: FakeProvider
+) -> None:
+    account = add_account(site, EMAIL)
+    with site.app_context():
+        db.session.get_one(User, account.id).active = False
+        db.session.commit()
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = {
+        "email": EMAIL,
+        "email_verified": True,
+        "nonce": parameters["nonce"],
+    }
+    assert finish(client, parameters["state"]).status_code == 403
+
+
+def test_a_provider_that_does_not_answer_is_a_503(
+    site: Flask, provider: FakeProvider
+) -> None:
+    provider.down = True
+    response = site.test_client().get("/auth/oidc/fake/login")
+    assert response.status_code == 503
+
+
+def test_unknown_providers_are_not_offered(site: Flask) -> None:
+    assert site.test_client().get("/auth/oidc/nobody/login").status_code == 404
+
+
+def test_providers_come_from_the_environment() -> None:
+    found = oidc_providers(
+        {
+            "OIDC_PROVIDERS": "google, Corp, unset",
+            "OIDC_GOOGLE_CLIENT_ID": "g-id",
+            "OIDC_GOOGLE_CLIENT_SECRET": "g-secret",
+            "OIDC_CORP_CLIENT_ID": "c-id",
+            "OIDC_CORP_CLIENT_SECRET": "c-secret",
+            "OIDC_CORP_METADATA_URL": "https://id.corp.example/.well-known/openid-configuration",
+        }
+    )
+    assert set(found) == {"google", "corp"}
+    assert found["google"]["metadata_url"].startswith("https://accounts.google.com/")
+    # Without credentials a provider is simply not offered.
+    assert oidc_providers({}) == {}
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"OIDC_PROVIDERS": "bad name"}, "use letters and digits only"),
+        (
+            {
+                "OIDC_PROVIDERS": "corp",
+                "OIDC_CORP_CLIENT_ID": "c",
+                "OIDC_CORP_CLIENT_SECRET": "s",
+            },
+            "OIDC_CORP_METADATA_URL must be the provider's https:// discovery URL",
+        ),
+        (
+            {
+                "OIDC_PROVIDERS": "corp",
+                "OIDC_CORP_CLIENT_ID": "c",
+                "OIDC_CORP_CLIENT_SECRET": "s",
+                "OIDC_CORP_METADATA_URL": "http://id.corp.example/",
+            },
+            "must be the provider's https:// discovery URL",
+        ),
+    ],
+)
+def test_bad_provider_settings_are_one_clear_error(
+    environ: dict[str, str], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        oidc_providers(environ)
+
+
+def test_a_provider_failing_mid_sign_in_is_no_500(
+    site: Flask, provider: FakeProvider
+) -> None:
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.down = True
+    response = finish(client, parameters["state"])
+    assert response.status_code in {400, 503}
+    assert response.mimetype == "application/problem+json"
