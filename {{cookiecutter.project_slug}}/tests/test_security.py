@@ -1,10 +1,12 @@
-"""Security headers on every response, and HSTS in production."""
+"""Security headers on every response, HSTS in production, CORS where configured."""
 
 from __future__ import annotations
 
 import pytest
 from flask import Flask, Response, session
 from flask.testing import FlaskClient
+
+from {{ cookiecutter.package_name }}.config import ConfigError, cors_origins
 
 from conftest import AppFactory, signing_key_pem
 
@@ -110,3 +112,49 @@ def test_an_encoded_slash_is_not_a_slash(client: FlaskClient) -> None:
         "/api/v1/items", environ_overrides={"REQUEST_URI": "/api/v1/items?q=%2F"}
     )
     assert response.status_code == 200
+
+
+def test_no_cross_origin_access_unless_configured(client: FlaskClient) -> None:
+    response = client.get("/api/v1/items", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+def test_configured_origins_may_call_the_api_without_cookies(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(CORS_ORIGINS=["https://app.example"], tables=True)
+    client = app.test_client()
+    allowed = client.get("/api/v1/items", headers={"Origin": "https://app.example"})
+    assert allowed.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "Access-Control-Allow-Credentials" not in allowed.headers
+    assert "RateLimit-Remaining" in allowed.headers["Access-Control-Expose-Headers"]
+    preflight = client.options(
+        "/api/v1/items",
+        headers={
+            "Origin": "https://app.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "Authorization, Content-Type",
+        },
+    )
+    assert preflight.status_code == 200
+    assert "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert "authorization" in preflight.headers["Access-Control-Allow-Headers"].lower()
+    other = client.get("/api/v1/items", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+    # Only the API: the probes and pages are for no other origin.
+    probe = client.get("/health/live", headers={"Origin": "https://app.example"})
+    assert "Access-Control-Allow-Origin" not in probe.headers
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["https://app.example/path", "app.example", "*, https://app.example", "ftp://x.y"],
+)
+def test_bad_cors_origins_are_one_clear_error(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"^CORS_ORIGINS has"):
+        cors_origins({"CORS_ORIGINS": value})
+
+
+def test_any_origin_is_allowed_only_alone() -> None:
+    assert cors_origins({"CORS_ORIGINS": "*"}) == ["*"]
+    assert cors_origins({}) is None

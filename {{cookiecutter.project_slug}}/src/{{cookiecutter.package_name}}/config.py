@@ -241,6 +241,31 @@ def oidc_providers(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
 {%- endif %}
 
 
+def cors_origins(environ: Mapping[str, str]) -> list[str] | None:
+    """CORS_ORIGINS: ``*`` alone, or origins such as https://app.example.com."""
+    origins = env_list(environ, "CORS_ORIGINS")
+    if not origins or origins == ["*"]:
+        return origins
+    for origin in origins:
+        try:
+            parsed = parse_url(origin)
+        except LocationParseError:
+            parsed = None
+        if (
+            parsed is None
+            or parsed.scheme not in {"http", "https"}
+            or not parsed.host
+            or (parsed.path or "") not in {"", "/"}
+            or parsed.query
+            or origin.endswith("/")
+        ):
+            raise ConfigError(
+                f"CORS_ORIGINS has {origin!r}: give origins as scheme://host[:port] "
+                "(no path), separated by commas, or * alone"
+            )
+    return origins
+
+
 def env_int(
     environ: Mapping[str, str],
     name: str,
@@ -400,6 +425,9 @@ class Config:
     # Host names the app answers to (None: any). Set it behind a proxy that
     # passes arbitrary Host headers through.
     TRUSTED_HOSTS: list[str] | None = None
+    # Origins whose browser scripts may call /api/ (CORS_ORIGINS, comma-separated:
+    # https://app.example.com, or * for any). None: no cross-origin access.
+    CORS_ORIGINS: list[str] | None = None
     # --- Resilience (resilience/; README "Resilience") ---
     # Redis for rate-limit counters, breaker state, idempotency keys and the
     # cache. None: process memory, which is correct for one worker only.
@@ -542,6 +570,7 @@ class Config:
             environ, "API_DOCS_ENABLED", default=self.API_DOCS_ENABLED
         )
         self.TRUSTED_HOSTS = env_list(environ, "TRUSTED_HOSTS")
+        self.CORS_ORIGINS = cors_origins(environ)
         self.resilience_settings(environ)
         self.auth_settings(environ)
 

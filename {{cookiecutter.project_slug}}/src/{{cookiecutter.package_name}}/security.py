@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from flask import Flask, Request, Response, abort, request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask_cors import CORS
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import IntegerConverter
 
@@ -125,3 +126,34 @@ def init_app(app: Flask) -> None:
     app.session_interface = SessionInterface()
     app.before_request(refuse_encoded_slashes)
     app.after_request(security_headers(app.config["SECURITY_HEADERS"]))
+    if origins := app.config["CORS_ORIGINS"]:
+        allow_cross_origin(app, origins)
+
+
+# What a browser script on another origin may send to, and read from, the API.
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "X-API-Key"]
+CORS_RESPONSE_HEADERS = [
+    "Location",
+    "Retry-After",
+    "Idempotent-Replayed",
+    "RateLimit-Limit",
+    "RateLimit-Remaining",
+    "RateLimit-Reset",
+    "RateLimit-Policy",
+]
+
+
+def allow_cross_origin(app: Flask, origins: list[str]) -> None:
+    """Let scripts from `origins` call the JSON API (only /api/), never with cookies.
+
+    The API authenticates by header (bearer token, API key), so no request
+    needs credentials, and ``*`` (any origin) grants nothing a cookie would.
+    """
+    CORS(
+        app,
+        resources={r"/api/*": {"origins": origins}},
+        supports_credentials=False,
+        allow_headers=CORS_REQUEST_HEADERS,
+        expose_headers=CORS_RESPONSE_HEADERS,
+        max_age=600,
+    )
