@@ -15,6 +15,7 @@ import jwt
 import pytest
 from argon2 import PasswordHasher
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from sqlalchemy import select
@@ -736,3 +737,88 @@ def test_create_api_key_prints_the_key_once(app: Flask, runner: FlaskCliRunner) 
     )
     assert missing.exit_code == 1
     assert "No account has the e-mail address" in missing.output
+
+
+# --- Edges ----------------------------------------------------------------------
+
+
+def test_a_key_made_meanwhile_by_another_process_is_the_one_used(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("JWT_PRIVATE_KEY", raising=False)
+    monkeypatch.delenv("JWT_PRIVATE_KEY_FILE", raising=False)
+    first = make_app("development", SQLALCHEMY_DATABASE_URI="sqlite://")
+    # The check for the file says "none yet", as in a race with another worker.
+    monkeypatch.setattr(Path, "exists", lambda _: False)
+    second = make_app("development", SQLALCHEMY_DATABASE_URI="sqlite://")
+    assert first.extensions["auth_keys"].kid == second.extensions["auth_keys"].kid
+
+
+def test_a_broken_development_key_is_a_clear_error(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INSTANCE_PATH", str(tmp_path))
+    monkeypatch.delenv("JWT_PRIVATE_KEY", raising=False)
+    monkeypatch.delenv("JWT_PRIVATE_KEY_FILE", raising=False)
+    (tmp_path / DEVELOPMENT_KEY_FILE).write_text("truncated")
+    with pytest.raises(ConfigError, match="is not an unencrypted PEM private key"):
+        make_app("development", SQLALCHEMY_DATABASE_URI="sqlite://")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        (ec.generate_private_key(ec.SECP256R1()), "is not an RSA key"),
+        (rsa.generate_private_key(65537, 1024), "has 1024 bits"),  # noqa: S505
+    ],
+    ids=["elliptic-curve", "short-rsa"],
+)
+def test_unfit_signing_keys_are_refused(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch, key: Any, message: str
+) -> None:
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    monkeypatch.setenv("JWT_PRIVATE_KEY", pem.decode())
+    with pytest.raises(ConfigError, match=rf"^JWT_PRIVATE_KEY {message}"):
+        make_app()
+
+
+def test_a_disabled_account_cannot_refresh(app: Flask, anonymous: FlaskClient) -> None:
+    account = add_account(app)
+    pair = tokens_of(anonymous)
+    db.session.get_one(User, account.id).active = False
+    db.session.commit()
+    response = anonymous.post(
+        f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]}
+    )
+    assert refused(response)["detail"] == "The account of this token is disabled."
+
+
+@pytest.mark.parametrize("subject", ["abc", "1" * 19, 1])
+def test_a_signed_token_with_an_odd_subject_is_refused(
+    app: Flask, anonymous: FlaskClient, subject: object
+) -> None:
+    add_account(app)
+    pair = tokens_of(anonymous)
+    token = resigned(claims_of(pair["access_token"]), sub=subject)
+    refused(anonymous.get(f"{AUTH}/me", headers=bearer(token)))
+
+
+def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
+    policies = {
+        "read": {"limit": "1 per minute"},
+        "write": {"limit": "60 per minute", "idempotency": True},
+        "login": {"limit": "60 per minute"},
+    }
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
+    add_account(app)
+    client = app.test_client()
+    pair = tokens_of(client)
+    assert client.get(ITEMS, headers=bearer(pair["access_token"])).status_code == 200
+    # The address still has its own quota; the token's is spent.
+    assert client.get(ITEMS).status_code == 200
+    problem(client.get(ITEMS, headers=bearer(pair["access_token"])), 429)
