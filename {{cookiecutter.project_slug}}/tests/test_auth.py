@@ -813,6 +813,7 @@ def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
         "read": {"limit": "1 per minute"},
         "write": {"limit": "60 per minute", "idempotency": True},
         "login": {"limit": "60 per minute"},
+        "auth": {"limit": "60 per minute"},
     }
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
@@ -822,3 +823,57 @@ def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
     # The address still has its own quota; the token's is spent.
     assert client.get(ITEMS).status_code == 200
     problem(client.get(ITEMS, headers=bearer(pair["access_token"])), 429)
+
+
+def test_api_keys_bring_no_sign_in_quota_of_their_own(make_app: AppFactory) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    keys = [add_account(app, f"sprayer{number}@example.com") for number in range(2)]
+    client = app.test_client()
+    for number in range(5):
+        key = keys[number % 2].headers
+        guess = {"email": f"victim{number}@example.com", "password": "some guess here"}
+        assert client.post(f"{AUTH}/token", json=guess, headers=key).status_code == 401
+    # The address has spent its five attempts, whichever keys came with them.
+    limited = client.post(
+        f"{AUTH}/token",
+        json={"email": "victim9@example.com", "password": "some guess here"},
+        headers=keys[1].headers,
+    )
+    problem(limited, 429)
+
+
+def test_a_429_tells_the_limit_that_refused(make_app: AppFactory) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    add_account(app)
+    client = app.test_client()
+    for number in range(5):
+        address = {"REMOTE_ADDR": f"192.0.2.{number + 1}"}
+        client.post(
+            f"{AUTH}/token",
+            json={"email": EMAIL, "password": "wrong guess one"},
+            environ_base=address,
+        )
+    limited = client.post(
+        f"{AUTH}/token",
+        json={"email": EMAIL, "password": "wrong guess one"},
+        environ_base={"REMOTE_ADDR": "192.0.2.99"},
+    )
+    problem(limited, 429)
+    assert limited.headers["RateLimit-Remaining"] == "0"
+    assert limited.headers["RateLimit-Limit"] == "5"
+
+
+def test_the_local_part_with_digits_and_symbols_is_no_password(app: Flask) -> None:
+    with app.test_request_context():
+        assert passwords.weakness("weak4!!!!!!!!!!!", email="weak4@example.com")
+        assert passwords.weakness("2024weak4!!!!!!!", email="weak4@example.com")
+
+
+def test_the_email_as_password_is_reported_on_the_password(
+    anonymous: FlaskClient,
+) -> None:
+    email = "weak3@example.com"
+    response = anonymous.post(
+        f"{AUTH}/register", json={"email": email, "password": email}
+    )
+    assert problem(response, 422)["errors"][0]["field"] == "password"

@@ -144,6 +144,7 @@ def test_every_signalling_header_sent_is_documented(make_app: AppFactory) -> Non
             "write": {"limit": "3 per minute", "idempotency": True},
             "pricing": {"limit": "3 per minute", "breaker": "pricing"},
             "login": {"limit": "3 per minute"},
+            "auth": {"limit": "60 per minute"},
         },
         tables=True,
     )

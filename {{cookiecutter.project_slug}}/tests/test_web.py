@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -324,3 +325,63 @@ def test_session_cookies_are_locked_down_in_production(make_app: AppFactory) -> 
     assert "Secure" in cookie
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
+
+
+def test_pages_take_only_the_session(site: Flask, visitor: FlaskClient) -> None:
+    # An API key (or token) is no credential on the pages: keys manage no accounts.
+    account = add_account(site)
+    assert visitor.get("/profile", headers=account.headers).status_code == 302
+    token = csrf_token(visitor.get("/login"))
+    response = visitor.post(
+        "/profile/password",
+        data={
+            "current_password": PASSWORD,
+            "new_password": NEW_PASSWORD,
+            "confirm": NEW_PASSWORD,
+            "csrf_token": token,
+        },
+        headers=account.headers,
+    )
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login")
+    assert log_in(visitor).headers["Location"] == "/profile"
+
+
+def test_a_copy_of_the_cookie_is_worthless_after_logout(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    add_account(site)
+    log_in(visitor)
+    profile = visitor.get("/profile")
+    copied = visitor.get_cookie("session")
+    assert copied is not None
+    visitor.post("/logout", data={"csrf_token": csrf_token(profile)})
+    thief = site.test_client()
+    thief.set_cookie("session", copied.value)
+    assert thief.get("/profile").status_code == 302
+
+
+def test_pages_are_not_cached(site: Flask, visitor: FlaskClient) -> None:
+    add_account(site)
+    log_in(visitor)
+    assert visitor.get("/profile").headers["Cache-Control"] == "no-store"
+    assert visitor.get("/login").headers["Cache-Control"] == "no-store"
+    stylesheet = visitor.get("/static/web/app.css")
+    assert stylesheet.headers.get("Cache-Control") != "no-store"
+    stylesheet.close()
+
+
+def test_a_database_outage_is_a_503_page(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/gone/app.db")
+    client = app.test_client()
+    token = csrf_token(client.get("/login"))
+    response = client.post(
+        "/login", data={"email": EMAIL, "password": PASSWORD, "csrf_token": token}
+    )
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert response.headers["Retry-After"] == "5"
+    assert "briefly unavailable" in response.text
+    # Error pages need no database, even for a visitor with a session cookie.
+    assert client.get("/static/web/nope.css").status_code == 404
+    assert client.post("/logout").status_code == 400

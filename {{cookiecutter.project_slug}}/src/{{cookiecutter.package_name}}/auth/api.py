@@ -10,7 +10,7 @@ from ..errors import FieldError, Problem, RequestValidationError
 from ..extensions import db, spec
 from ..models import ApiKey, User
 from ..openapi import AUTHENTICATED, LOCATION, Responses
-from ..resilience import enforce, protected
+from ..resilience import client_address, enforce, protected
 from . import tokens, users
 from .principal import Principal, Unauthenticated, authenticated, require
 from .schemas import (
@@ -62,7 +62,7 @@ def signed_in_user() -> Principal:
 
 
 @auth_api_bp.post("/register")
-@protected("register")
+@protected("auth")
 @spec.validate(
     resp=Responses(
         HTTP_201=UserOut,
@@ -78,20 +78,23 @@ def signed_in_user() -> Principal:
     operation_id="register",
 )
 def register(json: Credentials) -> tuple[UserOut, int, dict[str, str]]:
-    """Open an account with an e-mail address and a password."""
+    """Open an account with an e-mail address and a password.
+
+    Limited per client address and per address asked for (POLICY_LIMIT_REGISTER).
+    """
+    enforce("register", identity=client_address())
     enforce("register", identity=f"account:{json.email}")
     try:
         user = users.create_user(json.email, json.password)
     except users.AccountError as refused:
         if users.find_user(json.email) is not None:
             raise Conflict(str(refused)) from None
-        field = "email" if "e-mail" in str(refused) else "password"
-        raise invalid(field, str(refused)) from None
+        raise invalid(refused.field, str(refused)) from None
     return UserOut.model_validate(user), 201, {"Location": "/api/v1/auth/me"}
 
 
 @auth_api_bp.post("/token")
-@protected("login")
+@protected("auth")
 @spec.validate(
     resp=Responses(
         HTTP_200=TokenResponse,
@@ -110,6 +113,9 @@ def create_token(json: Credentials) -> tuple[TokenResponse, int, dict[str, str]]
 
     Limited per client address and per account (POLICY_LIMIT_LOGIN).
     """
+    # By address, whatever credential the request carries: a caller can make
+    # many API keys, and each would otherwise bring a quota of its own.
+    enforce("login", identity=client_address())
     enforce("login", identity=f"account:{json.email}")
     user = users.check_password(json.email, json.password)
     if user is None:
@@ -208,8 +214,7 @@ def change_password(json: PasswordChange) -> tuple[Response, int]:
     try:
         users.change_password(user, json.current_password, json.new_password)
     except users.AccountError as refused:
-        field = "current_password" if "current" in str(refused) else "new_password"
-        raise invalid(field, str(refused)) from None
+        raise invalid(refused.field, str(refused)) from None
     return Response(status=204), 204
 
 

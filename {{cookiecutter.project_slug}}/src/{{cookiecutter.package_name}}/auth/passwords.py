@@ -114,6 +114,10 @@ def weakness(password: str, *, email: str = "") -> str | None:
     if lowered in common or core in common or len(set(lowered)) <= 2:
         return "is too common; choose one that is not on lists of leaked passwords"
     local_part = email.lower().partition("@")[0]
-    if email and (lowered == email.lower() or (local_part and core == local_part)):
+    # The address, or its local part with only digits and symbols around it.
+    if email and (
+        lowered == email.lower()
+        or (local_part and not EDGES.sub("", lowered.replace(local_part, "")))
+    ):
         return "must not be your e-mail address"
     return None

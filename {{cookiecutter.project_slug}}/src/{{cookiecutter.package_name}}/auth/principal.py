@@ -90,6 +90,9 @@ def current_principal() -> Principal | None:
 def authenticate() -> Principal | None:
     """Verify the request's credential; a failure is remembered for require()."""
     environ = request.environ
+    sessions = sessions_of(current_app)
+    if sessions is not None and sessions.here():
+        return from_session()
     bearer = "HTTP_AUTHORIZATION" in environ
     api_key = "HTTP_X_API_KEY" in environ
     if not bearer and not api_key:
@@ -113,12 +116,15 @@ class Refused(Exception):  # noqa: N818 - what happened to the credential
 class Sessions:
     """How a front end with sessions (the web UI) plugs into authentication.
 
-    ``user`` names the signed-in user of a request, and decides where sessions
-    count (the web UI's pages, never the JSON API, whose routes take no CSRF
-    token); ``start`` signs a user in and answers the browser (a sign-in
-    through an identity provider ends there).
+    ``here`` says whether a request is for its pages, where only a session
+    counts (an API key or token sent there is ignored: keys may not manage
+    accounts, and pages check CSRF tokens, not headers); ``user`` names the
+    session's user (never on the JSON API, whose routes take no CSRF token);
+    ``start`` signs a user in and answers the browser (a sign-in through an
+    identity provider ends there).
     """
 
+    here: Callable[[], bool]
     user: Callable[[], User | None]
     start: Callable[[User], ResponseReturnValue]
 

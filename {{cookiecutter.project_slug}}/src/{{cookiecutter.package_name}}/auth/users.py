@@ -40,7 +40,12 @@ EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]{1,64}@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]
 
 
 class AccountError(Exception):
-    """A request about an account that cannot be granted; the message says why."""
+    """A request about an account that cannot be granted; the message says why,
+    `field` which input it is about."""
+
+    def __init__(self, message: str, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -64,11 +69,13 @@ def create_user(email: str, password: str, roles: list[str] | None = None) -> Us
     email = normalise_email(email)
     if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
         # NFKC can turn an odd spelling into no address (a fullwidth @ into @).
-        raise AccountError("The e-mail address is not valid.")
+        raise AccountError("The e-mail address is not valid.", "email")
     if problem := passwords.weakness(password, email=email):
-        raise AccountError(f"The password {problem}.")
+        raise AccountError(f"The password {problem}.", "password")
     if find_user(email) is not None:
-        raise AccountError("An account with this e-mail address exists already.")
+        raise AccountError(
+            "An account with this e-mail address exists already.", "email"
+        )
     user = User(
         email=email,
         password_hash=passwords.hash_password(password),
@@ -83,7 +90,7 @@ def create_user_without_password(email: str) -> User:
     """A new account that only an identity provider signs in (auth/oidc.py)."""
     email = normalise_email(email)
     if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
-        raise AccountError("The e-mail address is not valid.")
+        raise AccountError("The e-mail address is not valid.", "email")
     user = User(email=email, password_hash=passwords.unusable_hash())
     db.session.add(user)
     db.session.commit()
@@ -108,17 +115,21 @@ def check_password(email: str, password: str) -> User | None:
 def change_password(user: User, current: str, new: str) -> None:
     """Replace the password; every session and token of the user ends."""
     if not passwords.verify_password(user.password_hash, current):
-        raise AccountError("The current password is not correct.")
+        raise AccountError("The current password is not correct.", "current_password")
     if problem := passwords.weakness(new, email=user.email):
-        raise AccountError(f"The new password {problem}.")
+        raise AccountError(f"The new password {problem}.", "new_password")
     user.password_hash = passwords.hash_password(new)
     user.fs_uniquifier = new_uniquifier()
     revoke_families(user)
     db.session.commit()
 
 
-def sign_in(user: User) -> TokenPair:
-    """A new token family for `user`: an access token and a refresh token."""
+def start_family(user: User) -> TokenFamily:
+    """A new sign-in of `user`: what its tokens, or its session, belong to.
+
+    It lasts JWT_REFRESH_TTL seconds (refreshing a token extends it) and ends
+    with a logout, a password change, or a reused refresh token.
+    """
     family = TokenFamily(
         id=secrets.token_hex(16),
         user_id=user.id,
@@ -127,7 +138,12 @@ def sign_in(user: User) -> TokenPair:
     )
     db.session.add(family)
     db.session.commit()
-    return pair_for(user, family)
+    return family
+
+
+def sign_in(user: User) -> TokenPair:
+    """A new sign-in for `user`: an access token and a refresh token."""
+    return pair_for(user, start_family(user))
 
 
 def pair_for(user: User, family: TokenFamily) -> TokenPair:
@@ -196,6 +212,23 @@ def revoke_families(user: User) -> None:
         .where(TokenFamily.user_id == user.id, TokenFamily.revoked_at.is_(None))
         .values(revoked_at=utcnow())
     )
+
+
+def user_of_session(uniquifier: str, family_id: object) -> User | None:
+    """The active user a web session names, if its sign-in still stands."""
+    if not isinstance(family_id, str):
+        return None
+    return db.session.execute(
+        select(User)
+        .join(TokenFamily, TokenFamily.user_id == User.id)
+        .where(
+            User.fs_uniquifier == uniquifier,
+            User.active.is_(True),
+            TokenFamily.id == family_id,
+            TokenFamily.revoked_at.is_(None),
+            TokenFamily.expires_at > utcnow(),
+        )
+    ).scalar_one_or_none()
 
 
 def user_of_access_token(claims: dict[str, object]) -> User | None:

@@ -19,7 +19,7 @@ from . import backpressure, breakers, idempotency, limits, protect, store
 from .backpressure import LoadShed, never_shed
 from .breakers import BreakerOpen, breakers_of
 from .idempotency import IdempotencyKeyHeader
-from .limits import enforce, identify_clients, limiter
+from .limits import client_address, enforce, identify_clients, limiter
 from .protect import protected
 from .store import redis_store
 
@@ -49,6 +49,7 @@ __all__ = [
     "IdempotencyKeyHeader",
     "LoadShed",
     "breakers_of",
+    "client_address",
     "enforce",
     "exempt",
     "identify_clients",

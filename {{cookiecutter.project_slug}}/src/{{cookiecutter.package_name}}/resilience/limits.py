@@ -56,7 +56,13 @@ def client_identity() -> str:
     """
     identify: Callable[[], str | None] | None = current_app.extensions.get(IDENTIFY_KEY)
     identity = identify() if identify is not None else None
-    return identity or f"ip:{request.remote_addr or 'unknown'}"
+    return identity or client_address()
+
+
+def client_address() -> str:
+    """The client's address as an identity: what sign-in attempts count against,
+    whatever credential they carry (a caller may make many)."""
+    return f"ip:{request.remote_addr or 'unknown'}"
 
 
 def identify_clients(app: Flask, identify: Callable[[], str | None]) -> None:
@@ -255,12 +261,14 @@ def enforce(policy: str, identity: str | None = None) -> None:
     state = limits.hit(policy, identity or client_identity(), time.time())
     if state is None:
         return
-    g.setdefault(STATE_KEY, state)
     if state.exceeded:
+        # The RateLimit headers describe the limit that refused the request.
+        setattr(g, STATE_KEY, state)
         raise TooManyRequests(
             f"Rate limit exceeded: {state.amount} per {state.window} seconds.",
             retry_after=state.reset,
         )
+    g.setdefault(STATE_KEY, state)
 
 
 def default_limit() -> str:

@@ -10,36 +10,41 @@ tokens and API keys, which a browser never sends on its own, need none.
 
 from __future__ import annotations
 
-from flask import Flask, request
+from flask import Flask, request, session
 from flask_login import current_user
-from sqlalchemy import select
 
-from ..auth import Sessions, accept_sessions
-from ..extensions import csrf, db, login_manager
+from ..auth import Sessions, accept_sessions, users
+from ..extensions import csrf, login_manager
 from ..models import User
-from .views import SessionUser, sign_in_page, web_bp
+from .views import SIGN_IN_KEY, SessionUser, sign_in_page, web_bp
 
 BLUEPRINT = "web"
 
 
 def load_user(uniquifier: str) -> SessionUser | None:
-    """The active user a session names by ``fs_uniquifier``."""
-    user = db.session.scalar(
-        select(User).where(User.fs_uniquifier == uniquifier, User.active.is_(True))
-    )
+    """The active user a session names, while its sign-in stands (not logged
+    out, not ended by a password change, not expired)."""
+    user = users.user_of_session(uniquifier, session.get(SIGN_IN_KEY))
     return None if user is None else SessionUser(user)
+
+
+def on_pages() -> bool:
+    """Whether this request is for the web UI, where only sessions count."""
+    return request.blueprint == BLUEPRINT
 
 
 def session_user() -> User | None:
     """The signed-in user of a web page's session (never of an API request)."""
-    if request.blueprint != BLUEPRINT or not current_user.is_authenticated:
+    if not on_pages() or not current_user.is_authenticated:
         return None
     signed_in: SessionUser = current_user._get_current_object()  # noqa: SLF001 - Flask-Login's proxy
     return signed_in.user
 
 
 def init_app(app: Flask) -> None:
-    login_manager.init_app(app)
+    # Flask-Login's own context processor loads the user for every template,
+    # even an error page about the database; views.py offers a lazy one.
+    login_manager.init_app(app, add_context_processor=False)
     login_manager.user_loader(load_user)
     login_manager.login_view = f"{BLUEPRINT}.login"
     # Sessions last as long as the browser: no remember-me cookie.
@@ -47,7 +52,7 @@ def init_app(app: Flask) -> None:
     # Checked where sessions count, these pages (views.py), not on the API.
     app.config.setdefault("WTF_CSRF_CHECK_DEFAULT", False)
     csrf.init_app(app)
-    accept_sessions(app, Sessions(user=session_user, start=sign_in_page))
+    accept_sessions(app, Sessions(here=on_pages, user=session_user, start=sign_in_page))
     app.register_blueprint(web_bp)
 
 

@@ -17,13 +17,15 @@ from flask import (
     url_for,
 )
 from flask.typing import ResponseReturnValue
-from flask_login import login_user, logout_user
+from flask_login import current_user, login_user, logout_user
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, Unauthorized
 
 from ..auth import authenticated, require, users
+from ..database import handle_database_error
 from ..extensions import csrf
 from ..models import User
-from ..resilience import enforce
+from ..resilience import client_address, enforce
 from .forms import LoginForm, LogoutForm, PasswordChangeForm, RegisterForm
 
 web_bp = Blueprint(
@@ -81,9 +83,16 @@ class SessionUser:
         return self.user.fs_uniquifier
 
 
+# The session's sign-in (a TokenFamily row): logging out revokes it, so a copy
+# of the cookie made before is worth nothing after.
+SIGN_IN_KEY = "sign_in"
+
+
 def start_session(user: User) -> None:
     """Sign `user` in with a fresh session (nothing carries over from before)."""
+    family = users.start_family(user)
     session.clear()
+    session[SIGN_IN_KEY] = family.id
     login_user(SessionUser(user))
 
 
@@ -107,13 +116,12 @@ def register() -> ResponseReturnValue:
             INVALID if form.is_submitted() else 200
         )
     email = users.normalise_email(form.email.data or "")
-    enforce("register")
+    enforce("register", identity=client_address())
     enforce("register", identity=f"account:{email}")
     try:
         user = users.create_user(email, form.password.data or "")
     except users.AccountError as refused:
-        field = form.email if "e-mail" in str(refused) else form.password
-        field.errors = [str(refused)]
+        form[refused.field].errors = [str(refused)]
         return render_template("web/register.html", form=form), INVALID
     start_session(user)
     flash("Welcome! Your account is ready.", "success")
@@ -129,7 +137,7 @@ def login() -> ResponseReturnValue:
             INVALID if form.is_submitted() else 200
         )
     email = users.normalise_email(form.email.data or "")
-    enforce("login")
+    enforce("login", identity=client_address())
     enforce("login", identity=f"account:{email}")
     user = users.check_password(email, form.password.data or "")
     if user is None:
@@ -145,6 +153,8 @@ def login() -> ResponseReturnValue:
 def logout() -> ResponseReturnValue:
     form = LogoutForm()
     if form.validate_on_submit():
+        if isinstance(sign_in := session.get(SIGN_IN_KEY), str):
+            users.revoke_family(sign_in)
         logout_user()
         session.clear()
         flash("You are signed out.", "success")
@@ -171,12 +181,7 @@ def change_password() -> ResponseReturnValue:
                 user, form.current_password.data or "", form.new_password.data or ""
             )
         except users.AccountError as refused:
-            field = (
-                form.current_password
-                if "current" in str(refused)
-                else form.new_password
-            )
-            field.errors = [str(refused)]
+            form[refused.field].errors = [str(refused)]
         else:
             # This session goes on under the new uniquifier; all others end.
             start_session(user)
@@ -187,7 +192,16 @@ def change_password() -> ResponseReturnValue:
 
 @web_bp.context_processor
 def navigation() -> dict[str, object]:
-    return {"logout_form": LogoutForm()}
+    # current_user is Flask-Login's proxy: the user is loaded if a page asks.
+    return {"current_user": current_user, "logout_form": LogoutForm()}
+
+
+@web_bp.after_request
+def private(response: Response) -> Response:
+    """Pages may show the account and carry a CSRF token: no cache keeps them."""
+    if request.endpoint != "web.static":
+        response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @web_bp.errorhandler(HTTPException)
@@ -196,10 +210,30 @@ def error_page(error: HTTPException) -> ResponseReturnValue:
     if isinstance(error, Unauthorized):
         return redirect(url_for(".login", next=request.full_path.rstrip("?")))
     status = error.code or 500
+    return page_for(status, error.name, error.description or "", error.get_headers())
+
+
+@web_bp.errorhandler(SQLAlchemyError)
+def database_error_page(error: SQLAlchemyError) -> ResponseReturnValue:
+    """A database failure as a page: the status and Retry-After of database.py."""
+    answer = handle_database_error(error)
+    name = "Service Unavailable" if answer.status_code == 503 else "Server Error"
+    detail = "The service is briefly unavailable; try again shortly."
+    return page_for(answer.status_code, name, detail, list(answer.headers.items()))
+
+
+def page_for(
+    status: int, name: str, description: str, headers: list[tuple[str, str]]
+) -> Response:
+    """An error page that needs nothing that may have failed (no database, no
+    session user): error.html stands alone."""
     response = Response(
-        render_template("web/error.html", error=error, status=status), status=status
+        render_template(
+            "web/error.html", name=name, description=description, status=status
+        ),
+        status=status,
     )
-    for name, value in error.get_headers():
-        if name.lower() != "content-type":
-            response.headers[name] = value
+    for header, value in headers:
+        if header.lower() != "content-type":
+            response.headers[header] = value
     return response
