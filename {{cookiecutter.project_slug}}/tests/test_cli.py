@@ -131,3 +131,11 @@ def test_production_refuses_the_development_server(
     result = CliRunner().invoke(cli, ["run", "--port", "0"], obj=info)
     assert result.exit_code == 1
     assert "gunicorn -c gunicorn.conf.py wsgi:application" in result.output
+
+
+def test_redact_looks_inside_nested_settings() -> None:
+    providers = {"corp": {"client_id": "corp-id", "client_secret": "hunter2-hunter2"}}
+    shown = redact("OIDC_PROVIDERS", providers)
+    assert "hunter2" not in shown
+    assert "'client_id': 'corp-id'" in shown
+    assert f"'client_secret': {REDACTED}" in shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -27,6 +28,13 @@ def redact(name: str, value: Any) -> str:
     """
     if isinstance(value, str | bytes) and SECRET_NAME.search(name):
         return REDACTED
+    if isinstance(value, Mapping):
+        # Settings made of settings (OIDC_PROVIDERS' client secrets).
+        members = (
+            f"{key!r}: {redact(str(key).upper(), member)}"
+            for key, member in value.items()
+        )
+        return "{" + ", ".join(members) + "}"
     text = repr(value)
     if isinstance(value, str) and "://" in value:
         with contextlib.suppress(ArgumentError):
