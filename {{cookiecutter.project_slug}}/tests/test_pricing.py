@@ -141,7 +141,7 @@ def test_calls_through_one_breaker_run_concurrently(
     took = time.monotonic() - began
     assert [response.status_code for response, _ in answers] == [200] * 8
     # One at a time would take 8 x 0.3 s; side by side, about 0.3 s.
-    assert took < 1.0, took
+    assert took < 2.0, took
     assert pricing_upstream.calls == 1 + 8
     assert pricing_upstream.peak >= 6, pricing_upstream.peak
     assert (breaker(app).current_state, breaker(app).fail_counter) == ("closed", 0)
@@ -173,7 +173,9 @@ def test_a_half_open_breaker_lets_exactly_one_trial_through(
     trip(app, pricing_upstream)
     time.sleep(0.35)  # reset_timeout is over: the next call is the trial
     calls = pricing_upstream.calls
-    pricing_upstream.default = Reply(status=trial_status, delay=0.5)
+    # The trial takes 2 s: the refusals must come back long before it does,
+    # with room for a busy machine.
+    pricing_upstream.default = Reply(status=trial_status, delay=2.0)
     answers = concurrently(app, 8)
     assert pricing_upstream.calls == calls + 1, "exactly one trial may reach it"
     statuses = sorted(response.status_code for response, _ in answers)
@@ -181,7 +183,7 @@ def test_a_half_open_breaker_lets_exactly_one_trial_through(
     refused = [
         (response, took)
         for response, took in answers
-        if response.status_code == 503 and took < 0.4
+        if response.status_code == 503 and took < 1.5
     ]
     # The others were refused at once, while the trial was still out.
     assert len(refused) == 7, [took for _, took in answers]
@@ -260,7 +262,7 @@ def test_a_read_timeout_is_not_retried(
     response, took = timed_get(app)
     assert response.status_code == 503
     assert pricing_upstream.calls == 1
-    assert took < 0.8, took
+    assert took < 0.95, took  # the upstream would have taken 1 s
     assert breaker(app).fail_counter == 1
 
 
@@ -324,7 +326,8 @@ def test_the_deadline_bounds_a_hanging_upstream(
     app = priced_app(make_app, pricing_upstream.url, PRICING_TIMEOUT=0.5)
     assert app.test_client().get(PRICE).status_code == 200  # now a price is known
     app.config["PRICING_URL"] = f"http://127.0.0.1:{hung_server}"
-    bound = 1.0 + 0.5  # the deadline: connect timeout + PRICING_TIMEOUT
+    # The deadline (connect timeout + PRICING_TIMEOUT), and room for a busy machine.
+    bound = 1.0 + 0.5 + 0.3
     response, took = timed_get(app)
     assert response.status_code == 200
     assert response.json is not None
@@ -358,7 +361,8 @@ def test_retries_stop_at_the_deadline(
             pricing.request_json("GET", "/prices/1", UpstreamPrice.model_validate)
         took = time.monotonic() - began
     assert pricing_upstream.calls == 2
-    assert 0.85 < took < 0.9 + 0.15, took  # retried as many times: about 1.7 s
+    # Not retried as many times as 503s come (that would be about 1.7 s).
+    assert 0.85 < took < 0.9 + 0.4, took
 
 
 @pytest.mark.parametrize(
