@@ -173,9 +173,9 @@ def test_a_half_open_breaker_lets_exactly_one_trial_through(
     trip(app, pricing_upstream)
     time.sleep(0.35)  # reset_timeout is over: the next call is the trial
     calls = pricing_upstream.calls
-    # The trial takes 2 s: the refusals must come back long before it does,
-    # with room for a busy machine.
-    pricing_upstream.default = Reply(status=trial_status, delay=2.0)
+    # The trial takes 1.2 s (within PRICING_TIMEOUT): the refusals must come
+    # back long before it does, with room for a busy machine.
+    pricing_upstream.default = Reply(status=trial_status, delay=1.2)
     answers = concurrently(app, 8)
     assert pricing_upstream.calls == calls + 1, "exactly one trial may reach it"
     statuses = sorted(response.status_code for response, _ in answers)
