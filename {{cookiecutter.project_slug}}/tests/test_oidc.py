@@ -146,6 +146,11 @@ def start(client: FlaskClient, provider: FakeProvider) -> dict[str, str]:
     return dict(urllib.parse.parse_qsl(location.query))
 
 
+def verified(parameters: dict[str, str], email: str = EMAIL) -> dict[str, Any]:
+    """ID token claims of a verified address, for the sign-in `parameters` began."""
+    return {"email": email, "email_verified": True, "nonce": parameters["nonce"]}
+
+
 def finish(client: FlaskClient, state: str) -> Any:
     return client.get(f"/auth/oidc/fake/callback?code=the-code&state={state}")
 
@@ -176,11 +181,7 @@ def test_a_verified_address_gets_an_account_and_is_signed_in(
     assert parameters["client_id"] == CLIENT_ID
     assert set(parameters["scope"].split()) == {"openid", "email", "profile"}
     assert parameters["nonce"]
-    provider.claims = {
-        "email": EMAIL.upper(),
-        "email_verified": True,
-        "nonce": parameters["nonce"],
-    }
+    provider.claims = verified(parameters, EMAIL.upper())
     signed_in(site, client, finish(client, parameters["state"]))
     if "web" in site.blueprints:
         page = site.test_client().get("/login").text
@@ -196,11 +197,7 @@ def test_an_existing_account_is_linked_by_its_verified_address(
     account = add_account(site, EMAIL)
     client = site.test_client()
     parameters = start(client, provider)
-    provider.claims = {
-        "email": EMAIL,
-        "email_verified": True,
-        "nonce": parameters["nonce"],
-    }
+    provider.claims = verified(parameters)
     assert signed_in(site, client, finish(client, parameters["state"])) == account.id
     # Its password still works.
     token = client.post(
@@ -237,11 +234,7 @@ def test_a_forged_or_replayed_state_is_refused(
 ) -> None:
     client = site.test_client()
     parameters = start(client, provider)
-    provider.claims = {
-        "email": EMAIL,
-        "email_verified": True,
-        "nonce": parameters["nonce"],
-    }
+    provider.claims = verified(parameters)
     assert finish(client, "forged-state").status_code == 400
     # Another browser cannot complete this browser's sign-in.
     assert finish(site.test_client(), parameters["state"]).status_code == 400
@@ -292,11 +285,7 @@ def test_a_disabled_account_is_not_signed_in(
         db.session.commit()
     client = site.test_client()
     parameters = start(client, provider)
-    provider.claims = {
-        "email": EMAIL,
-        "email_verified": True,
-        "nonce": parameters["nonce"],
-    }
+    provider.claims = verified(parameters)
     assert finish(client, parameters["state"]).status_code == 403
 
 

@@ -55,6 +55,25 @@ def log_in(
     )
 
 
+def change_password(
+    client: FlaskClient,
+    token: str,
+    current: str = PASSWORD,
+    new: str = NEW_PASSWORD,
+    headers: dict[str, str] | None = None,
+) -> Any:
+    return client.post(
+        "/profile/password",
+        data={
+            "current_password": current,
+            "new_password": new,
+            "confirm": new,
+            "csrf_token": token,
+        },
+        headers=headers,
+    )
+
+
 def test_pages_render_for_visitors(visitor: FlaskClient) -> None:
     for path in ("/", "/login", "/register"):
         page = visitor.get(path)
@@ -237,15 +256,7 @@ def test_a_password_change_ends_the_other_sessions(
     log_in(elsewhere)
     log_in(visitor)
     profile = visitor.get("/profile")
-    response = visitor.post(
-        "/profile/password",
-        data={
-            "current_password": PASSWORD,
-            "new_password": NEW_PASSWORD,
-            "confirm": NEW_PASSWORD,
-            "csrf_token": csrf_token(profile),
-        },
-    )
+    response = change_password(visitor, csrf_token(profile))
     assert (response.status_code, response.headers["Location"]) == (302, "/profile")
     assert "other sessions are signed out" in visitor.get("/profile").text
     assert elsewhere.get("/profile").status_code == 302
@@ -263,15 +274,7 @@ def test_a_password_change_needs_the_current_password(
         ("wrong-wrong-wrong", NEW_PASSWORD, "current password is not correct"),
         (PASSWORD, "password1234", "too common"),
     ):
-        response = visitor.post(
-            "/profile/password",
-            data={
-                "current_password": current,
-                "new_password": new,
-                "confirm": new,
-                "csrf_token": token,
-            },
-        )
+        response = change_password(visitor, token, current, new)
         assert response.status_code == 422
         assert message in response.text
 
@@ -332,16 +335,7 @@ def test_pages_take_only_the_session(site: Flask, visitor: FlaskClient) -> None:
     account = add_account(site)
     assert visitor.get("/profile", headers=account.headers).status_code == 302
     token = csrf_token(visitor.get("/login"))
-    response = visitor.post(
-        "/profile/password",
-        data={
-            "current_password": PASSWORD,
-            "new_password": NEW_PASSWORD,
-            "confirm": NEW_PASSWORD,
-            "csrf_token": token,
-        },
-        headers=account.headers,
-    )
+    response = change_password(visitor, token, headers=account.headers)
     assert response.status_code == 302
     assert response.headers["Location"].startswith("/login")
     assert log_in(visitor).headers["Location"] == "/profile"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from flask import Blueprint, Response
 from sqlalchemy import select
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
@@ -29,6 +31,17 @@ from .tokens import InvalidToken
 
 auth_api_bp = Blueprint("auth", __name__, url_prefix="/v1/auth")
 TAGS = ["auth"]
+# Every operation here is rate limited (429) and needs the database (503); one
+# with a body may be refused for it (400, 413, 415); one that needs a signed-in
+# caller answers 401 and 403.
+ALWAYS: dict[str, Any] = {"HTTP_429": Problem, "HTTP_503": Problem}
+WITH_BODY: dict[str, Any] = {
+    **ALWAYS,
+    "HTTP_400": Problem,
+    "HTTP_413": Problem,
+    "HTTP_415": Problem,
+}
+SIGNED_IN: dict[str, Any] = {"HTTP_401": Problem, "HTTP_403": Problem}
 BAD_CREDENTIALS = "The e-mail address or the password is not correct."
 
 
@@ -66,13 +79,9 @@ def signed_in_user() -> Principal:
 @spec.validate(
     resp=Responses(
         HTTP_201=UserOut,
-        HTTP_400=Problem,
         HTTP_409=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
         headers={201: {"Location": LOCATION}},
+        **WITH_BODY,
     ),
     tags=TAGS,
     operation_id="register",
@@ -96,15 +105,7 @@ def register(json: Credentials) -> tuple[UserOut, int, dict[str, str]]:
 @auth_api_bp.post("/token")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_200=TokenResponse,
-        HTTP_400=Problem,
-        HTTP_401=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_200=TokenResponse, HTTP_401=Problem, **WITH_BODY),
     tags=TAGS,
     operation_id="create_token",
 )
@@ -126,15 +127,7 @@ def create_token(json: Credentials) -> tuple[TokenResponse, int, dict[str, str]]
 @auth_api_bp.post("/refresh")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_200=TokenResponse,
-        HTTP_400=Problem,
-        HTTP_401=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_200=TokenResponse, HTTP_401=Problem, **WITH_BODY),
     tags=TAGS,
     operation_id="refresh_token",
 )
@@ -153,15 +146,7 @@ def refresh_token(json: RefreshRequest) -> tuple[TokenResponse, int, dict[str, s
 @auth_api_bp.post("/logout")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_204=None,
-        HTTP_400=Problem,
-        HTTP_401=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_204=None, HTTP_401=Problem, **WITH_BODY),
     tags=TAGS,
     operation_id="logout",
 )
@@ -179,9 +164,7 @@ def logout(json: RefreshRequest) -> tuple[Response, int]:
 @protected("auth")
 @require()
 @spec.validate(
-    resp=Responses(
-        HTTP_200=UserOut, HTTP_401=Problem, HTTP_429=Problem, HTTP_503=Problem
-    ),
+    resp=Responses(HTTP_200=UserOut, HTTP_401=Problem, **ALWAYS),
     tags=TAGS,
     operation_id="get_me",
     security=AUTHENTICATED,
@@ -194,16 +177,7 @@ def get_me() -> UserOut:
 @auth_api_bp.post("/password")
 @protected("login")
 @spec.validate(
-    resp=Responses(
-        HTTP_204=None,
-        HTTP_400=Problem,
-        HTTP_401=Problem,
-        HTTP_403=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_204=None, **WITH_BODY, **SIGNED_IN),
     tags=TAGS,
     operation_id="change_password",
     security=AUTHENTICATED,
@@ -221,13 +195,7 @@ def change_password(json: PasswordChange) -> tuple[Response, int]:
 @auth_api_bp.get("/api-keys")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_200=ApiKeyList,
-        HTTP_401=Problem,
-        HTTP_403=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_200=ApiKeyList, **ALWAYS, **SIGNED_IN),
     tags=TAGS,
     operation_id="list_api_keys",
     security=AUTHENTICATED,
@@ -244,16 +212,7 @@ def list_api_keys() -> ApiKeyList:
 @auth_api_bp.post("/api-keys")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_201=ApiKeyCreated,
-        HTTP_400=Problem,
-        HTTP_401=Problem,
-        HTTP_403=Problem,
-        HTTP_413=Problem,
-        HTTP_415=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_201=ApiKeyCreated, **WITH_BODY, **SIGNED_IN),
     tags=TAGS,
     operation_id="create_api_key",
     security=AUTHENTICATED,
@@ -271,14 +230,7 @@ def create_api_key(json: ApiKeyCreate) -> tuple[ApiKeyCreated, int, dict[str, st
 @auth_api_bp.delete("/api-keys/<int:key_id>")
 @protected("auth")
 @spec.validate(
-    resp=Responses(
-        HTTP_204=None,
-        HTTP_401=Problem,
-        HTTP_403=Problem,
-        HTTP_404=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_204=None, HTTP_404=Problem, **ALWAYS, **SIGNED_IN),
     tags=TAGS,
     operation_id="revoke_api_key",
     security=AUTHENTICATED,
@@ -299,13 +251,7 @@ def revoke_api_key(key_id: int) -> tuple[Response, int]:
 @protected("auth")
 @require(role="admin")
 @spec.validate(
-    resp=Responses(
-        HTTP_200=UserList,
-        HTTP_401=Problem,
-        HTTP_403=Problem,
-        HTTP_429=Problem,
-        HTTP_503=Problem,
-    ),
+    resp=Responses(HTTP_200=UserList, **ALWAYS, **SIGNED_IN),
     tags=TAGS,
     operation_id="list_users",
     security=AUTHENTICATED,
