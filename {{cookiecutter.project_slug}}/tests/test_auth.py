@@ -877,3 +877,20 @@ def test_the_email_as_password_is_reported_on_the_password(
         f"{AUTH}/register", json={"email": email, "password": email}
     )
     assert problem(response, 422)["errors"][0]["field"] == "password"
+
+
+def test_a_credential_the_database_cannot_check_counts_as_the_address(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    # The database is gone: the rate limiter counts the caller by address, and
+    # a view that needs the database answers 503 (not a 500, not a hang).
+    app = make_app(
+        RATE_LIMITS_ENABLED=True,
+        SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/gone/app.db",
+    )
+    client = app.test_client()
+    key = {"X-API-Key": "ak_0123456789ab_not-a-real-secret"}
+    document = client.get("/api/openapi.json", headers=key)
+    assert document.status_code == 200
+    assert "RateLimit-Remaining" in document.headers
+    problem(client.post(ITEMS, json={"name": "x"}, headers=key), 503)

@@ -42,6 +42,13 @@ class FakeProvider:
     forger: rsa.RSAPrivateKey | None = None
     token_requests: int = 0
     down: bool = False
+    # Seconds the token endpoint waits; what the discovery document adds.
+    token_delay: float = 0.0
+    extra_metadata: dict[str, Any] = field(default_factory=dict)
+    # The token endpoint answers this (JSON) instead of a token.
+    token_answer: Any = None
+    # The ID token's header alg ("none": unsigned).
+    alg: str = "RS256"
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -52,6 +59,7 @@ class FakeProvider:
             "id_token_signing_alg_values_supported": ["RS256"],
             "response_types_supported": ["code"],
             "subject_types_supported": ["public"],
+            **self.extra_metadata,
         }
 
     def jwks(self) -> dict[str, Any]:
@@ -68,8 +76,13 @@ class FakeProvider:
             "exp": now + 300,
             **self.claims,
         }
-        signer = self.forger or self.key
-        id_token = jwt.encode(claims, signer, "RS256", headers={"kid": "fake-1"})
+        if self.token_answer is not None:
+            return self.token_answer  # type: ignore[no-any-return]
+        if self.alg == "none":
+            id_token = jwt.encode(claims, "", "none", headers={"kid": "fake-1"})
+        else:
+            signer = self.forger or self.key
+            id_token = jwt.encode(claims, signer, "RS256", headers={"kid": "fake-1"})
         return {
             "access_token": "provider-access-token",
             "token_type": "Bearer",
@@ -105,6 +118,7 @@ def provider() -> Iterator[FakeProvider]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             fake.token_requests += 1
+            time.sleep(fake.token_delay)
             self.answer(fake.token())
 
         def log_message(self, *_: Any) -> None:
@@ -123,16 +137,7 @@ def provider() -> Iterator[FakeProvider]:
 @pytest.fixture
 def site(make_app: AppFactory, provider: FakeProvider) -> Flask:
     """An app offering the fake provider, with no app context held open."""
-    return make_app(
-        tables=True,
-        OIDC_PROVIDERS={
-            "fake": {
-                "client_id": CLIENT_ID,
-                "client_secret": "kiln-test-secret",
-                "metadata_url": f"{provider.url}/.well-known/openid-configuration",
-            }
-        },
-    )
+    return offering(make_app, provider)
 
 
 def start(client: FlaskClient, provider: FakeProvider) -> dict[str, str]:
@@ -199,11 +204,13 @@ def test_an_existing_account_is_linked_by_its_verified_address(
     parameters = start(client, provider)
     provider.claims = verified(parameters)
     assert signed_in(site, client, finish(client, parameters["state"])) == account.id
-    # Its password still works.
+    # Nobody proved the address when the password was set (anyone may have
+    # registered it): linking drops the password and the key made with it.
     token = client.post(
         "/api/v1/auth/token", json={"email": EMAIL, "password": PASSWORD}
     )
-    assert token.status_code == 200
+    assert token.status_code == 401
+    assert client.get("/api/v1/auth/me", headers=account.headers).status_code == 401
 
 
 @pytest.mark.parametrize(
@@ -357,3 +364,88 @@ def test_a_provider_failing_mid_sign_in_is_no_500(
     response = finish(client, parameters["state"])
     assert response.status_code in {400, 503}
     assert response.mimetype == "application/problem+json"
+
+
+def test_a_look_alike_address_is_no_other_account(
+    site: Flask, provider: FakeProvider
+) -> None:
+    add_account(site, "user@example.com")
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = verified(parameters, "\uff55ser@example.com")  # fullwidth u
+    assert finish(client, parameters["state"]).status_code == 403
+    with site.app_context():
+        assert db.session.scalar(select(User).where(User.email == EMAIL)) is None
+
+
+def test_only_rs256_or_es256_even_if_the_provider_offers_none(
+    site: Flask, provider: FakeProvider
+) -> None:
+    provider.extra_metadata = {
+        "id_token_signing_alg_values_supported": ["none", "RS256"]
+    }
+    provider.alg = "none"
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.claims = verified(parameters)
+    assert finish(client, parameters["state"]).status_code == 400
+    with site.app_context():
+        assert db.session.scalar(select(User).where(User.email == EMAIL)) is None
+
+
+def offering(make_app: AppFactory, provider: FakeProvider, **settings: Any) -> Flask:
+    return make_app(
+        tables=True,
+        OIDC_PROVIDERS={
+            "fake": {
+                "client_id": CLIENT_ID,
+                "client_secret": "kiln-test-secret",
+                "metadata_url": f"{provider.url}/.well-known/openid-configuration",
+            }
+        },
+        **settings,
+    )
+
+
+def test_a_hanging_provider_is_a_503_within_the_timeout(
+    make_app: AppFactory, provider: FakeProvider
+) -> None:
+    site = offering(make_app, provider, OIDC_TIMEOUT=0.5)
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.token_delay = 3.0
+    began = time.monotonic()
+    response = finish(client, parameters["state"])
+    assert response.status_code == 503
+    assert time.monotonic() - began < 2.5
+
+
+@pytest.mark.parametrize("answer", [["a", "list"], {"no": "token"}])
+def test_a_provider_answer_that_is_not_openid_is_refused(
+    site: Flask, provider: FakeProvider, answer: Any
+) -> None:
+    client = site.test_client()
+    parameters = start(client, provider)
+    provider.token_answer = answer
+    response = finish(client, parameters["state"])
+    assert response.status_code in {400, 503}
+    assert response.mimetype == "application/problem+json"
+    # The next sign-in works: nothing bad was kept.
+    provider.token_answer = None
+    parameters = start(client, provider)
+    provider.claims = verified(parameters)
+    signed_in(site, client, finish(client, parameters["state"]))
+
+
+def test_new_accounts_through_a_provider_count_as_sign_ups(
+    make_app: AppFactory, provider: FakeProvider
+) -> None:
+    site = offering(make_app, provider, RATE_LIMITS_ENABLED=True)
+    statuses = []
+    for number in range(6):
+        client = site.test_client()
+        parameters = start(client, provider)
+        provider.claims = verified(parameters, f"new{number}@example.com")
+        statuses.append(finish(client, parameters["state"]).status_code)
+    assert statuses[-1] == 429
+    assert 429 not in statuses[:5]

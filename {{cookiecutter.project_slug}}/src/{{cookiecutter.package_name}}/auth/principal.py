@@ -26,6 +26,7 @@ from typing import Any, ParamSpec
 
 from flask import Flask, current_app, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import Forbidden, Unauthorized
 
 from ..models import ApiKey, User
@@ -166,8 +167,16 @@ def from_bearer(header: str) -> Principal:
 
 
 def client_identity() -> str | None:
-    """The rate limiter's view of the caller: a verified identity, or None."""
-    principal = current_principal()
+    """The rate limiter's view of the caller: a verified identity, or None.
+
+    None (the client's address) while the database cannot say: the view's own
+    lookup then answers 503, and the limiter never takes a database error for
+    a storage failure of its own.
+    """
+    try:
+        principal = current_principal()
+    except SQLAlchemyError:
+        return None
     return None if principal is None else principal.identity
 
 

@@ -97,6 +97,23 @@ def create_user_without_password(email: str) -> User:
     return user
 
 
+def claim_for_provider(user: User) -> None:
+    """Before an identity provider signs `user` in by a proven address: drop a
+    password nobody proved the right to, and end the sign-ins and API keys that
+    came with it (auth/oidc.py)."""
+    if user.password_hash.startswith(passwords.UNUSABLE):
+        return
+    user.password_hash = passwords.unusable_hash()
+    user.fs_uniquifier = new_uniquifier()
+    revoke_families(user)
+    db.session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    db.session.commit()
+
+
 def check_password(email: str, password: str) -> User | None:
     """The active account `email` with `password`, else None, in the same time.
 

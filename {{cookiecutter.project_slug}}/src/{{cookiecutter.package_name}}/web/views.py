@@ -153,10 +153,12 @@ def login() -> ResponseReturnValue:
 def logout() -> ResponseReturnValue:
     form = LogoutForm()
     if form.validate_on_submit():
-        if isinstance(sign_in := session.get(SIGN_IN_KEY), str):
-            users.revoke_family(sign_in)
+        sign_in = session.get(SIGN_IN_KEY)
+        # The browser's session ends first, even if the database then fails.
         logout_user()
         session.clear()
+        if isinstance(sign_in, str):
+            users.revoke_family(sign_in)
         flash("You are signed out.", "success")
     return redirect(url_for(".login"))
 
