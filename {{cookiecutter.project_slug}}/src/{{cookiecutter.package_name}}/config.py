@@ -156,17 +156,20 @@ def postgresql_settings(timeouts: Mapping[str, int]) -> dict[str, str]:
     }
 
 
-def rsa_key_problem(pem: bytes) -> str | None:
-    """What is wrong with `pem` as the RS256 signing key, or None."""
+def rsa_signing_key(pem: bytes, source: str) -> rsa.RSAPrivateKey:
+    """`pem` as the RS256 signing key, or a ConfigError naming `source`."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError):
-        return "is not an unencrypted PEM private key"
-    if not isinstance(key, rsa.RSAPrivateKey):
-        return "is not an RSA key (tokens are signed with RS256)"
-    if key.key_size < MIN_RSA_KEY_BITS:
-        return f"has {key.key_size} bits, fewer than RS256's {MIN_RSA_KEY_BITS}"
-    return None
+        problem = "is not an unencrypted PEM private key"
+    else:
+        if not isinstance(key, rsa.RSAPrivateKey):
+            problem = "is not an RSA key (tokens are signed with RS256)"
+        elif key.key_size < MIN_RSA_KEY_BITS:
+            problem = f"has {key.key_size} bits, fewer than RS256's {MIN_RSA_KEY_BITS}"
+        else:
+            return key
+    raise ConfigError(f"{source} {problem}: make one with `{RSA_KEY_COMMAND}`")
 
 
 def signing_key(environ: Mapping[str, str]) -> tuple[str | None, str]:
@@ -182,8 +185,8 @@ def signing_key(environ: Mapping[str, str]) -> tuple[str | None, str]:
             raise ConfigError(
                 f"{source} cannot be read: {error.__class__.__name__}"
             ) from None
-    if pem is not None and (problem := rsa_key_problem(pem.encode())):
-        raise ConfigError(f"{source} {problem}: make one with `{RSA_KEY_COMMAND}`")
+    if pem is not None:
+        rsa_signing_key(pem.encode(), source)
     return pem, source
 
 

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from flask import Flask
 
-from ..config import RSA_KEY_COMMAND, ConfigError, rsa_key_problem
+from ..config import rsa_signing_key
 
 KEY_BITS = 3072
 DEVELOPMENT_KEY_FILE = "jwt-private-key.pem"
@@ -52,10 +52,7 @@ def thumbprint(public: rsa.RSAPublicKey) -> str:
 
 def load_private_key(pem: bytes, source: str) -> SigningKeys:
     """The key pair of `pem`, an unencrypted PEM RSA key of 2048 bits or more."""
-    if problem := rsa_key_problem(pem):
-        raise ConfigError(f"{source} {problem}: make one with `{RSA_KEY_COMMAND}`")
-    private = serialization.load_pem_private_key(pem, password=None)
-    assert isinstance(private, rsa.RSAPrivateKey)  # noqa: S101 - checked above
+    private = rsa_signing_key(pem, source)
     public = private.public_key()
     return SigningKeys(private, public, thumbprint(public))
 

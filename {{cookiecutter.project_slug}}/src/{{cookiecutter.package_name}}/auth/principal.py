@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ParamSpec
 
 from flask import Flask, current_app, request
@@ -52,7 +52,6 @@ class Principal:
     user: User
     scopes: frozenset[str]
     api_key: ApiKey | None = None
-    family: str | None = field(default=None)
 
     @property
     def identity(self) -> str:
@@ -93,11 +92,11 @@ def authenticate() -> Principal | None:
     environ = request.environ
     sessions = sessions_of(current_app)
     if sessions is not None and sessions.here():
-        return from_session()
+        return from_session(sessions)
     bearer = "HTTP_AUTHORIZATION" in environ
     api_key = "HTTP_X_API_KEY" in environ
     if not bearer and not api_key:
-        return from_session()
+        return None
     try:
         if bearer and api_key:
             raise Refused("Send one credential: a bearer token or an API key.")
@@ -120,7 +119,8 @@ class Sessions:
     ``here`` says whether a request is for its pages, where only a session
     counts (an API key or token sent there is ignored: keys may not manage
     accounts, and pages check CSRF tokens, not headers); ``user`` names the
-    session's user (never on the JSON API, whose routes take no CSRF token);
+    session's user, asked only there (never on the JSON API, whose routes
+    take no CSRF token);
     ``start`` signs a user in and answers the browser (a sign-in through an
     identity provider ends there).
     """
@@ -139,9 +139,8 @@ def sessions_of(app: Flask) -> Sessions | None:
     return found
 
 
-def from_session() -> Principal | None:
-    sessions = sessions_of(current_app)
-    user = sessions.user() if sessions is not None else None
+def from_session(sessions: Sessions) -> Principal | None:
+    user = sessions.user()
     return None if user is None else Principal(user=user, scopes=frozenset(SCOPES))
 
 
@@ -163,7 +162,7 @@ def from_bearer(header: str) -> Principal:
     user = users.user_of_access_token(claims)
     if user is None:
         raise Refused("The token is revoked or its account disabled.")
-    return Principal(user=user, scopes=frozenset(SCOPES), family=claims["fid"])
+    return Principal(user=user, scopes=frozenset(SCOPES))
 
 
 def client_identity() -> str | None:

@@ -60,16 +60,22 @@ def normalise_email(email: str) -> str:
     return unicodedata.normalize("NFKC", email).strip().lower()
 
 
+def valid_email(email: str) -> str:
+    """`email` normalised, or AccountError: NFKC can turn an odd spelling into
+    no address at all (a fullwidth @ into a second @)."""
+    email = normalise_email(email)
+    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
+        raise AccountError("The e-mail address is not valid.", "email")
+    return email
+
+
 def find_user(email: str) -> User | None:
     return db.session.scalar(select(User).where(User.email == normalise_email(email)))
 
 
 def create_user(email: str, password: str, roles: list[str] | None = None) -> User:
     """A new active account; AccountError for a taken e-mail or a weak password."""
-    email = normalise_email(email)
-    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
-        # NFKC can turn an odd spelling into no address (a fullwidth @ into @).
-        raise AccountError("The e-mail address is not valid.", "email")
+    email = valid_email(email)
     if problem := passwords.weakness(password, email=email):
         raise AccountError(f"The password {problem}.", "password")
     if find_user(email) is not None:
@@ -88,10 +94,7 @@ def create_user(email: str, password: str, roles: list[str] | None = None) -> Us
 
 def create_user_without_password(email: str) -> User:
     """A new account that only an identity provider signs in (auth/oidc.py)."""
-    email = normalise_email(email)
-    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
-        raise AccountError("The e-mail address is not valid.", "email")
-    user = User(email=email, password_hash=passwords.unusable_hash())
+    user = User(email=valid_email(email), password_hash=passwords.unusable_hash())
     db.session.add(user)
     db.session.commit()
     return user

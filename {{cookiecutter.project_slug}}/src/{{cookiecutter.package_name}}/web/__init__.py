@@ -34,8 +34,8 @@ def on_pages() -> bool:
 
 
 def session_user() -> User | None:
-    """The signed-in user of a web page's session (never of an API request)."""
-    if not on_pages() or not current_user.is_authenticated:
+    """The signed-in user of a web page's session (asked on the pages only)."""
+    if not current_user.is_authenticated:
         return None
     signed_in: SessionUser = current_user._get_current_object()  # noqa: SLF001 - Flask-Login's proxy
     return signed_in.user
