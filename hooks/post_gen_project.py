@@ -24,6 +24,8 @@ LICENSES = PROJECT / "licenses"
 SELECTED: dict[str, bool] = {
     "web_ui": ANSWERS["web_ui"] == "yes",
     "use_oauth": ANSWERS["use_oauth"] == "yes",
+    "use_celery": ANSWERS["use_celery"] == "yes",
+    "ci": ANSWERS["ci"] == "github",
 }
 
 # Files and folders (relative to the project root) that exist only for a feature.
@@ -37,6 +39,13 @@ FEATURE_PATHS: dict[str, list[str]] = {
         f"src/{ANSWERS['package_name']}/auth/oidc.py",
         "tests/test_oidc.py",
     ],
+    "use_celery": [
+        f"src/{ANSWERS['package_name']}/tasks",
+        "make_celery.py",
+        "tests/test_tasks.py",
+        "tests/test_worker.py",
+    ],
+    "ci": [".github"],
 }
 
 ENV_FILE = """\

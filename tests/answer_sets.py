@@ -103,6 +103,17 @@ WEB_UI_FILES = (
 )
 # OpenID Connect sign-in (use_oauth=yes).
 OIDC_FILES = ("src/{package}/auth/oidc.py", "tests/test_oidc.py")
+# Background jobs (use_celery=yes): the Celery app, its tasks and their tests.
+CELERY_FILES = (
+    "make_celery.py",
+    "src/{package}/tasks/__init__.py",
+    "tests/test_tasks.py",
+    "tests/test_worker.py",
+)
+CELERY_ABSENT = ("make_celery.py", "src/{package}/tasks", "tests/test_tasks.py")
+# The generated GitHub Actions workflow (ci=github).
+CI_FILES = (".github/workflows/ci.yml",)
+CI_ABSENT = (".github",)
 # What an API-only project (web_ui=no) has nothing of.
 WEB_UI_ABSENT = ("src/{package}/web", "tests/test_web.py", "tests/test_browser.py")
 
@@ -119,13 +130,18 @@ class AnswerSet:
     mentions: dict[str, str] = field(default_factory=dict)
 
 
+# The four yes/no options (web_ui, use_oauth, use_celery, ci) meet in every
+# pair of values in at least one set: all on, all off, the defaults, and three
+# more (tests/test_answer_sets.py checks the pairs); python_version and the
+# license vary alongside. Every set gets the full checks, so sets stay few.
 ANSWER_SETS = {
     answer_set.name: answer_set
     for answer_set in (
         AnswerSet(
+            # web_ui yes, use_oauth no, use_celery yes, ci github.
             name="default",
             answers={},
-            present=("LICENSE", *WEB_UI_FILES),
+            present=("LICENSE", *WEB_UI_FILES, *CELERY_FILES, *CI_FILES),
             absent=OIDC_FILES,
             mentions={
                 "LICENSE": "MIT License",
@@ -145,9 +161,11 @@ ANSWER_SETS = {
                 "version": "1.0.0rc1",
                 "web_ui": "no",
                 "use_oauth": "yes",
+                "use_celery": "yes",
+                "ci": "none",
             },
-            present=("LICENSE", *OIDC_FILES),
-            absent=WEB_UI_ABSENT,
+            present=("LICENSE", *OIDC_FILES, *CELERY_FILES),
+            absent=(*WEB_UI_ABSENT, *CI_ABSENT),
             mentions={
                 "LICENSE": "Apache License",
                 "pyproject.toml": 'version = "1.0.0rc1"',
@@ -155,31 +173,65 @@ ANSWER_SETS = {
             },
         ),
         AnswerSet(
+            # Every option off.
             name="bsd-py313",
             answers={
                 "project_name": "Ledger Service",
                 "open_source_license": "BSD-3-Clause",
                 "python_version": "3.13",
                 "web_ui": "no",
+                "use_oauth": "no",
+                "use_celery": "no",
+                "ci": "none",
             },
             present=("LICENSE",),
-            absent=(*WEB_UI_ABSENT, *OIDC_FILES),
+            absent=(*WEB_UI_ABSENT, *OIDC_FILES, *CELERY_ABSENT, *CI_ABSENT),
             mentions={"LICENSE": "BSD 3-Clause License"},
         ),
         AnswerSet(
-            # Quotes, non-ASCII and the longest package name the hook allows.
-            name="closed-py314-long-name",
+            # Every option on; quotes, non-ASCII and the longest package name
+            # the hook allows.
+            name="closed-py312-long-name",
             answers={
                 "project_name": 'Zoë\'s "Quoted" Inventory & Stock-Keeping Svc',
                 "description": 'Tracks "stock" for Zoë & co.',
                 "author_name": "Zoë O'Brien",
                 "open_source_license": "Not open source",
-                "python_version": "3.14",
+                "python_version": "3.12",
+                "web_ui": "yes",
                 "use_oauth": "yes",
+                "use_celery": "yes",
+                "ci": "github",
             },
-            present=(*WEB_UI_FILES, *OIDC_FILES),
+            present=(*WEB_UI_FILES, *OIDC_FILES, *CELERY_FILES, *CI_FILES),
             absent=("LICENSE",),
             mentions={"pyproject.toml": "Private :: Do Not Upload"},
+        ),
+        AnswerSet(
+            name="web-oauth-no-jobs",
+            answers={
+                "project_name": "Members Portal",
+                "web_ui": "yes",
+                "use_oauth": "yes",
+                "use_celery": "no",
+                "ci": "none",
+            },
+            present=("LICENSE", *WEB_UI_FILES, *OIDC_FILES),
+            absent=(*CELERY_ABSENT, *CI_ABSENT),
+        ),
+        AnswerSet(
+            name="api-ci-no-jobs",
+            answers={
+                "project_name": "Rates API",
+                "open_source_license": "Apache-2.0",
+                "python_version": "3.13",
+                "web_ui": "no",
+                "use_oauth": "no",
+                "use_celery": "no",
+                "ci": "github",
+            },
+            present=("LICENSE", *CI_FILES),
+            absent=(*WEB_UI_ABSENT, *OIDC_FILES, *CELERY_ABSENT),
         ),
     )
 }

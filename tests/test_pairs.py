@@ -95,6 +95,8 @@ def test_every_pair_of_choices_renders_clean(
         answers["web_ui"] == "yes"
     )
     assert (package / "auth" / "oidc.py").exists() == (answers["use_oauth"] == "yes")
+    assert (package / "tasks").exists() == (answers["use_celery"] == "yes")
+    assert (project / ".github").exists() == (answers["ci"] == "github")
     assert f"Python\n{answers['python_version']}" in (project / "README.md").read_text(
         encoding="utf-8"
     )
