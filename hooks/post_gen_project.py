@@ -44,6 +44,7 @@ FEATURE_PATHS: dict[str, list[str]] = {
         "make_celery.py",
         "tests/test_tasks.py",
         "tests/test_worker.py",
+        "tests/fake_smtp.py",
     ],
     "ci": [".github"],
 }

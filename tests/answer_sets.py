@@ -109,6 +109,7 @@ CELERY_FILES = (
     "src/{package}/tasks/__init__.py",
     "tests/test_tasks.py",
     "tests/test_worker.py",
+    "tests/fake_smtp.py",
 )
 CELERY_ABSENT = ("make_celery.py", "src/{package}/tasks", "tests/test_tasks.py")
 # The generated GitHub Actions workflow (ci=github).

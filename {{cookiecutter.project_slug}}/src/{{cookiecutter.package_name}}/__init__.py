@@ -9,6 +9,7 @@ from typing import Any
 from flask import Flask
 
 from . import auth, bodies, database, resilience, security
+{%- if cookiecutter.use_celery == "yes" %}, tasks{% endif %}
 {%- if cookiecutter.web_ui == "yes" %}, web{% endif %}
 from .api import api_bp
 {%- if cookiecutter.use_oauth == "yes" %}
@@ -48,6 +49,9 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     web.init_app(app)
 {%- endif %}
     register_commands(app)
+{%- if cookiecutter.use_celery == "yes" %}
+    tasks.init_app(app)
+{%- endif %}
 
 {%- if cookiecutter.use_oauth == "yes" %}
     oidc.init_app(app)

@@ -58,6 +58,12 @@ LIBPQ_CHOICES = {
         {"any", "read-write", "read-only", "primary", "standby", "prefer-standby"}
     ),
 }
+{%- if cookiecutter.use_celery == "yes" %}
+# Brokers Celery reaches with this project's dependencies (redis, py-amqp).
+BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
+MAIL_BACKENDS = frozenset({"console", "file", "smtp"})
+MAIL_SECURITY = frozenset({"none", "starttls", "tls"})
+{%- endif %}
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -322,6 +328,36 @@ def redis_url(environ: Mapping[str, str], variable: str) -> str | None:
     return url
 
 
+{%- if cookiecutter.use_celery == "yes" %}
+
+
+def broker_url(environ: Mapping[str, str], variable: str) -> str | None:
+    """A Celery broker URL (Redis or RabbitMQ) from `variable`, or None."""
+    url = environ.get(variable, "").strip()
+    if not url:
+        return None
+    scheme, separator, _rest = url.partition("://")
+    if not separator or scheme.lower() not in BROKER_SCHEMES:
+        raise ConfigError(
+            f"{variable} is not a broker URL: use redis://host:6379/0, rediss:// "
+            "(TLS), or amqp://user:password@host:5672/vhost for RabbitMQ"
+        )
+    return url
+
+
+def env_choice(
+    environ: Mapping[str, str], name: str, default: str, choices: frozenset[str]
+) -> str:
+    """Read one of `choices`, or fail naming the variable and the choices."""
+    raw = environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in choices:
+        raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(sorted(choices))}")
+    return raw
+{%- endif %}
+
+
 def env_seconds(
     environ: Mapping[str, str], name: str, default: float, *, maximum: float
 ) -> float:
@@ -514,6 +550,71 @@ class Config:
     PASSWORD_HASH_TIME_COST = 3
     PASSWORD_HASH_MEMORY_KIB = 64 * 1024
     PASSWORD_HASH_PARALLELISM = 4
+{%- if cookiecutter.use_celery == "yes" %}
+
+    # --- Background jobs (tasks/; README "Background jobs") ---
+    # The broker: CELERY_BROKER_URL, else REDIS_URL. None: each task runs at
+    # once in the process that sends it (eager), which production refuses.
+    CELERY_BROKER_URL: str | None = None
+    # Seconds a task may run: at the soft limit it is asked to stop, at the hard
+    # limit its worker process is replaced.
+    CELERY_TASK_SOFT_TIME_LIMIT = 60
+    CELERY_TASK_TIME_LIMIT = 90
+    # The longest wait, in seconds, between two retries of a failed task.
+    CELERY_RETRY_BACKOFF_MAX = 300
+    # Seconds after which Redis gives a task its worker never acknowledged (the
+    # worker died) to another worker: longer than a task runs or waits to retry.
+    CELERY_VISIBILITY_TIMEOUT = 3600
+    # Worker processes per `celery worker` (None: one per CPU).
+    CELERY_WORKER_CONCURRENCY: int | None = None
+    # Where beat keeps its schedule and heartbeat (relative: the instance folder).
+    CELERY_BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+    # Seconds between two runs of the cleanup of expired sign-ins (tasks/cleanup.py).
+    CLEANUP_INTERVAL = 3600
+    # What Celery is given; tasks/__init__.py adds the broker, the result
+    # backend and the beat schedule. JSON only: a broker message never unpickles.
+    CELERY: ClassVar[dict[str, Any]] = {
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "task_ignore_result": True,
+        "result_expires": 24 * 60 * 60,
+        # Acknowledge a task when it is done, not when it arrives, and give it
+        # back when its worker process dies: a killed worker loses nothing.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One task at a time per process: none waits behind a slow one.
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        # A request that sends a task waits a few seconds at most for a broker
+        # that does not answer (two tries of a second's connect timeout).
+        "broker_connection_timeout": 1,
+        "task_publish_retry_policy": {
+            "max_retries": 1,
+            "interval_start": 0.2,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "worker_task_log_format": (
+            "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s"
+            "[%(task_id)s] request_id=%(request_id)s: %(message)s"
+        ),
+    }
+    # The welcome e-mail's transport (tasks/mail.py): console (the log), file
+    # (one .eml per message in MAIL_FILE_DIRECTORY) or smtp.
+    MAIL_BACKEND = "console"
+    MAIL_FROM = "{{ cookiecutter.project_slug }} <noreply@localhost>"
+    # Relative: in the instance folder.
+    MAIL_FILE_DIRECTORY = "outbox"
+    MAIL_HOST = "localhost"
+    MAIL_PORT = 25
+    MAIL_USERNAME: str | None = None
+    MAIL_PASSWORD: str | None = None
+    # none, starttls (upgrade a plain connection, usually port 587) or tls (465).
+    MAIL_SECURITY = "none"
+    MAIL_TIMEOUT = 10.0
+{%- endif %}
 
     SESSION_COOKIE_HTTPONLY = True
     SESSION_COOKIE_SAMESITE = "Lax"
@@ -576,6 +677,9 @@ class Config:
         self.CORS_ORIGINS = cors_origins(environ)
         self.resilience_settings(environ)
         self.auth_settings(environ)
+{%- if cookiecutter.use_celery == "yes" %}
+        self.job_settings(environ)
+{%- endif %}
 
     def auth_settings(self, environ: Mapping[str, str]) -> None:
         """The token signing key and lifetimes, and the password policy."""
@@ -647,6 +751,86 @@ class Config:
             environ, "PRICING_TIMEOUT", self.PRICING_TIMEOUT, maximum=60
         )
 
+{%- if cookiecutter.use_celery == "yes" %}
+
+    def job_settings(self, environ: Mapping[str, str]) -> None:
+        """The broker (REDIS_URL unless CELERY_BROKER_URL says otherwise), task
+        limits, the cleanup schedule and the mail transport."""
+        self.CELERY_BROKER_URL = self.broker_url(environ) or self.REDIS_URL
+        self.CELERY_TASK_SOFT_TIME_LIMIT = env_int(
+            environ,
+            "CELERY_TASK_SOFT_TIME_LIMIT",
+            self.CELERY_TASK_SOFT_TIME_LIMIT,
+            maximum=24 * 3600,
+        )
+        self.CELERY_TASK_TIME_LIMIT = env_int(
+            environ,
+            "CELERY_TASK_TIME_LIMIT",
+            self.CELERY_TASK_TIME_LIMIT,
+            maximum=24 * 3600,
+        )
+        self.CELERY_RETRY_BACKOFF_MAX = env_int(
+            environ,
+            "CELERY_RETRY_BACKOFF_MAX",
+            self.CELERY_RETRY_BACKOFF_MAX,
+            maximum=24 * 3600,
+        )
+        self.CELERY_VISIBILITY_TIMEOUT = env_int(
+            environ,
+            "CELERY_VISIBILITY_TIMEOUT",
+            self.CELERY_VISIBILITY_TIMEOUT,
+            maximum=7 * 24 * 3600,
+        )
+        if self.CELERY_TASK_SOFT_TIME_LIMIT >= self.CELERY_TASK_TIME_LIMIT:
+            raise ConfigError(
+                "CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT, "
+                "so a task is asked to stop before it is killed"
+            )
+        longest = max(self.CELERY_TASK_TIME_LIMIT, self.CELERY_RETRY_BACKOFF_MAX)
+        if longest >= self.CELERY_VISIBILITY_TIMEOUT:
+            raise ConfigError(
+                "CELERY_VISIBILITY_TIMEOUT must exceed CELERY_TASK_TIME_LIMIT and "
+                "CELERY_RETRY_BACKOFF_MAX: Redis would hand a running or waiting "
+                "task to a second worker"
+            )
+        if "CELERY_WORKER_CONCURRENCY" in environ:
+            self.CELERY_WORKER_CONCURRENCY = env_int(
+                environ, "CELERY_WORKER_CONCURRENCY", 1, maximum=256
+            )
+        self.CELERY_BEAT_SCHEDULE_FILE = (
+            environ.get("CELERY_BEAT_SCHEDULE_FILE") or self.CELERY_BEAT_SCHEDULE_FILE
+        )
+        self.CLEANUP_INTERVAL = env_int(
+            environ,
+            "CLEANUP_INTERVAL",
+            self.CLEANUP_INTERVAL,
+            minimum=10,
+            maximum=7 * 24 * 3600,
+        )
+        self.MAIL_BACKEND = env_choice(
+            environ, "MAIL_BACKEND", self.MAIL_BACKEND, MAIL_BACKENDS
+        )
+        self.MAIL_FROM = environ.get("MAIL_FROM") or self.MAIL_FROM
+        self.MAIL_FILE_DIRECTORY = (
+            environ.get("MAIL_FILE_DIRECTORY") or self.MAIL_FILE_DIRECTORY
+        )
+        self.MAIL_HOST = environ.get("MAIL_HOST") or self.MAIL_HOST
+        self.MAIL_PORT = env_int(environ, "MAIL_PORT", self.MAIL_PORT, maximum=65535)
+        self.MAIL_USERNAME = environ.get("MAIL_USERNAME") or None
+        self.MAIL_PASSWORD = environ.get("MAIL_PASSWORD") or None
+        self.MAIL_SECURITY = env_choice(
+            environ, "MAIL_SECURITY", self.MAIL_SECURITY, MAIL_SECURITY
+        )
+        self.MAIL_TIMEOUT = env_seconds(
+            environ, "MAIL_TIMEOUT", self.MAIL_TIMEOUT, maximum=300
+        )
+
+    @staticmethod
+    def broker_url(environ: Mapping[str, str]) -> str | None:
+        """This environment's own broker setting (None: use REDIS_URL)."""
+        return broker_url(environ, "CELERY_BROKER_URL")
+{%- endif %}
+
     @staticmethod
     def database_url(environ: Mapping[str, str]) -> tuple[str, str | None]:
         """The variable naming this environment's database, and its value."""
@@ -695,6 +879,20 @@ class TestingConfig(Config):
         # Each test app gets keys of its own in a shared TEST_REDIS_URL.
         self.REDIS_KEY_PREFIX = f"{self.REDIS_KEY_PREFIX}-test-{secrets.token_hex(6)}"
 
+{%- if cookiecutter.use_celery == "yes" %}
+
+    def job_settings(self, environ: Mapping[str, str]) -> None:
+        super().job_settings(environ)
+        # Tasks run eagerly unless a test names a broker (TEST_CELERY_BROKER_URL
+        # or an override): TEST_REDIS_URL alone does not send them to Redis.
+        self.CELERY_BROKER_URL = self.broker_url(environ)
+
+    @staticmethod
+    def broker_url(environ: Mapping[str, str]) -> str | None:
+        # Never CELERY_BROKER_URL: tests must not feed a real worker by accident.
+        return broker_url(environ, "TEST_CELERY_BROKER_URL")
+{%- endif %}
+
     @staticmethod
     def database_url(environ: Mapping[str, str]) -> tuple[str, str | None]:
         # Never DATABASE_URL: a test run must not touch a real database by accident.
@@ -742,6 +940,14 @@ class ProductionConfig(Config):
                 "JWT_PRIVATE_KEY is not set (nor JWT_PRIVATE_KEY_FILE): production "
                 f"signs tokens with its own RSA key; make one with `{RSA_KEY_COMMAND}`"
             )
+{%- if cookiecutter.use_celery == "yes" %}
+        if not config.get("CELERY_BROKER_URL"):
+            raise ConfigError(
+                "No broker: set REDIS_URL (or CELERY_BROKER_URL, for instance "
+                "amqp://user:password@host:5672/ for RabbitMQ). Production never "
+                "runs tasks inside web requests"
+            )
+{%- endif %}
         if served_by_development_server():
             raise ConfigError(
                 "`flask run` is the development server and never serves production: "

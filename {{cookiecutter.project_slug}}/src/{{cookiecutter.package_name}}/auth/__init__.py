@@ -5,6 +5,7 @@
 - ``users``: what can happen to an account; ``passwords``: argon2id and the
   password policy; ``tokens`` and ``keys``: RS256 JWTs and their key pair.
 - ``api``: the JSON endpoints under /api/v1/auth; ``commands``: the CLI.
+- ``user_registered``: the signal sent when an account has been created.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from .principal import (
     current_principal,
     require,
 )
+from .users import user_registered
 
 
 def init_app(app: Flask) -> None:
@@ -40,4 +42,5 @@ __all__ = [
     "current_principal",
     "init_app",
     "require",
+    "user_registered",
 ]

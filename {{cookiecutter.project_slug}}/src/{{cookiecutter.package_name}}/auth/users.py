@@ -13,6 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 
+from blinker import Namespace
 from flask import current_app
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
@@ -33,6 +34,12 @@ PREFIX_BYTES = 6
 # last_used_at is written at most once a minute per key, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 
+
+# Sent with the new User after its account is committed, however it was made
+# (the API, the web UI, a provider's sign-in, the CLI); tasks/ sends the
+# welcome e-mail on it.
+signals = Namespace()
+user_registered = signals.signal("user-registered")
 
 # Deliberately loose (one @, a dot in the domain, no spaces or controls): the
 # address is proven by using it, not by a pattern. Spelt out for JavaScript.
@@ -89,6 +96,7 @@ def create_user(email: str, password: str, roles: list[str] | None = None) -> Us
     )
     db.session.add(user)
     db.session.commit()
+    user_registered.send(user)
     return user
 
 
@@ -97,6 +105,7 @@ def create_user_without_password(email: str) -> User:
     user = User(email=valid_email(email), password_hash=passwords.unusable_hash())
     db.session.add(user)
     db.session.commit()
+    user_registered.send(user)
     return user
 
 

@@ -1,0 +1,182 @@
+"""Background jobs: a Celery app bound to the Flask app, and its tasks.
+
+``celery_init_app`` follows the Flask documentation's pattern: one Celery app
+per Flask app, configured from ``app.config["CELERY"]``, whose tasks run inside
+an app context. The broker is CELERY_BROKER_URL, else REDIS_URL; with neither
+(development and tests), a task runs at once in the process that sends it, and
+its exceptions reach the caller. Production refuses to start without a broker.
+
+- ``accounts``: the welcome e-mail, sent when an account is created.
+- ``cleanup``: the periodic purge of expired sign-ins, on beat's schedule.
+- ``mail``: the console, file and SMTP transports the e-mails go through.
+- ``beat``: the scheduler's heartbeat, checked by ``flask tasks beat-alive``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import Celery, Task, signals
+from flask import Flask, current_app, has_request_context, request
+
+from ..auth import user_registered
+from ..health import add_check
+from ..models import User
+from . import accounts, cleanup
+from .commands import tasks_cli
+
+EXTENSION_KEY = "celery"
+# Set on the messages a request sends, and shown in the task's log lines.
+REQUEST_ID_HEADER = "request_id"
+# An incoming X-Request-ID is kept only when it looks like an identifier.
+SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ENVIRON_REQUEST_ID = f"{__package__}.request_id"
+
+logger = logging.getLogger(__name__)
+
+
+def request_id() -> str:
+    """The current request's id: a sane X-Request-ID, else one made up once."""
+    known: str | None = request.environ.get(ENVIRON_REQUEST_ID)
+    if known is None:
+        incoming = request.headers.get("X-Request-ID", "")
+        known = incoming if SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request.environ[ENVIRON_REQUEST_ID] = known
+    return known
+
+
+def celery_settings(app: Flask) -> dict[str, Any]:
+    """``app.config["CELERY"]`` completed with what the other settings decide."""
+    config = app.config
+    broker = config["CELERY_BROKER_URL"]
+    schedule_file = Path(app.instance_path, config["CELERY_BEAT_SCHEDULE_FILE"])
+    settings: dict[str, Any] = {
+        **config["CELERY"],
+        # Eager without a broker; memory:// keeps kombu from guessing localhost.
+        "broker_url": broker or "memory://localhost/",
+        # Results, for the tasks that keep one, in Redis; none without it.
+        "result_backend": config["REDIS_URL"],
+        "task_always_eager": broker is None,
+        # Eager tasks raise in the caller, as a worker's would be recorded.
+        "task_eager_propagates": True,
+        "task_soft_time_limit": config["CELERY_TASK_SOFT_TIME_LIMIT"],
+        "task_time_limit": config["CELERY_TASK_TIME_LIMIT"],
+        "task_default_queue": config["REDIS_KEY_PREFIX"],
+        "broker_transport_options": {
+            "visibility_timeout": config["CELERY_VISIBILITY_TIMEOUT"],
+            "global_keyprefix": f"{config['REDIS_KEY_PREFIX']}:celery:",
+            "socket_connect_timeout": 1,
+            "socket_timeout": 5,
+        },
+        "beat_schedule": {
+            "purge-expired-sign-ins": {
+                "task": cleanup.purge_expired.name,
+                "schedule": float(config["CLEANUP_INTERVAL"]),
+            },
+        },
+        "beat_scheduler": f"{__package__}.beat:HeartbeatScheduler",
+        "beat_schedule_filename": str(schedule_file),
+        # Beat wakes at least this often (seconds), so its heartbeat stays fresh.
+        "beat_max_loop_interval": 30,
+    }
+    if config["CELERY_WORKER_CONCURRENCY"] is not None:
+        settings["worker_concurrency"] = config["CELERY_WORKER_CONCURRENCY"]
+    return settings
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """The Celery app of `app`: its tasks run inside `app`'s context."""
+
+    class FlaskTask(Task):  # type: ignore[type-arg]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+        def apply_async(
+            self,
+            args: Any = None,
+            kwargs: Any = None,
+            *positional: Any,
+            **options: Any,
+        ) -> Any:
+            # The request that sends a task names it in the task's logs.
+            if has_request_context():
+                headers = options.setdefault("headers", {})
+                headers.setdefault(REQUEST_ID_HEADER, request_id())
+            return super().apply_async(args, kwargs, *positional, **options)
+
+    celery_app: Celery = Celery(app.import_name, task_cls=FlaskTask)
+    celery_app.config_from_object(celery_settings(app))
+    celery_app.set_default()
+    app.extensions[EXTENSION_KEY] = celery_app
+    return celery_app
+
+
+def celery_of(app: Flask) -> Celery:
+    """The Celery app bound to `app` by init_app."""
+    found: Celery = app.extensions[EXTENSION_KEY]
+    return found
+
+
+def check_broker(app: Flask) -> None:
+    """The broker accepts a connection (readiness, when one is configured)."""
+    with celery_of(app).connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+def welcome(user: User, **_extra: object) -> None:
+    """Queue the welcome e-mail of a new account (sent after its commit)."""
+    # The task of this app's Celery (tests run several apps in one process).
+    task = celery_of(current_app).tasks[accounts.send_welcome_email.name]
+    try:
+        task.delay(user.id)
+    except Exception:
+        # A broker that is down (or, running eagerly, a mail server) must not
+        # fail the sign-up that already happened.
+        logger.warning(
+            "could not queue (or, eagerly, send) the welcome e-mail of user %s",
+            user.id,
+            exc_info=True,
+        )
+
+
+class RequestIdFilter(logging.Filter):
+    """Adds the sending request's id (or "-") to a task's log records."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from celery import current_task  # noqa: PLC0415 - a proxy, read per record
+
+        task_request = getattr(current_task, "request", None)
+        # A worker makes the message's headers attributes of the request;
+        # an eager run keeps them in its headers.
+        headers = getattr(task_request, "headers", None) or {}
+        record.request_id = (
+            getattr(task_request, REQUEST_ID_HEADER, None)
+            or headers.get(REQUEST_ID_HEADER)
+            or "-"
+        )
+        return True
+
+
+@signals.after_setup_task_logger.connect
+def add_request_ids(logger: logging.Logger, **_extra: object) -> None:
+    """Every handler of the worker's task logger gets the request id."""
+    for handler in logger.handlers:
+        handler.addFilter(RequestIdFilter())
+
+
+def init_app(app: Flask) -> Celery:
+    """Bind Celery to `app`, send welcome e-mails, add the broker check."""
+    celery_app = celery_init_app(app)
+    user_registered.connect(welcome)
+    if app.config["CELERY_BROKER_URL"]:
+        add_check(app, "broker", lambda: check_broker(app))
+    app.cli.add_command(tasks_cli)
+    return celery_app
+
+
+__all__ = ["celery_init_app", "celery_of", "init_app", "request_id"]

@@ -1,0 +1,93 @@
+"""Tasks about accounts: the welcome e-mail."""
+
+from __future__ import annotations
+
+import smtplib
+
+from celery import shared_task
+from celery.utils.log import get_task_logger
+from flask import current_app
+
+from ..extensions import db
+from ..models import User
+from ..resilience import redis_store
+from . import mail
+
+# A task logger: in a worker its lines carry the task and the request id.
+logger = get_task_logger(__name__)
+# Seconds a "welcome sent" mark is kept: far longer than any redelivery.
+SENT_MARK_TTL = 30 * 24 * 60 * 60
+# Where an app keeps its marks when there is no Redis to share them in.
+MEMORY_MARKS = "welcome_marks"
+
+WELCOME = """\
+Hello,
+
+your {service} account for {email} is ready. Sign in with this address and
+the password you chose.
+
+If you did not sign up, you can ignore this message: nobody can use the
+account without that password.
+"""
+
+
+def sent_key(user_id: int) -> str:
+    return f"mail:welcome:{user_id}"
+
+
+def memory_marks() -> set[str]:
+    """This process's marks (without Redis, one worker process sees them)."""
+    marks: set[str] = current_app.extensions.setdefault(MEMORY_MARKS, set())
+    return marks
+
+
+def already_sent(user_id: int) -> bool:
+    store = redis_store(current_app)
+    if store is None:
+        return sent_key(user_id) in memory_marks()
+    return store.get(store.key(sent_key(user_id))) is not None
+
+
+def mark_sent(user_id: int) -> None:
+    store = redis_store(current_app)
+    if store is None:
+        memory_marks().add(sent_key(user_id))
+    else:
+        store.set(store.key(sent_key(user_id)), "1", ttl=SENT_MARK_TTL)
+
+
+@shared_task(
+    # Transient failures (a refused connection, a 4xx answer) are retried with
+    # exponential backoff and jitter; a 5xx refusal is final (PermanentMailError).
+    autoretry_for=(OSError, smtplib.SMTPException),
+    retry_backoff=2,
+    retry_jitter=True,
+    max_retries=8,
+)
+def send_welcome_email(user_id: int) -> bool:
+    """E-mail a new account's owner once; True when a message went out.
+
+    Idempotent: a redelivered task (its first worker died) finds the mark of
+    a message already sent and does nothing. Only a worker that dies between
+    sending and marking sends a second copy: tasks run at least once.
+    """
+    user = db.session.get(User, user_id)
+    if user is None or not user.active:
+        logger.info("no welcome e-mail: user %s is gone or inactive", user_id)
+        return False
+    if already_sent(user_id):
+        logger.info("welcome e-mail of user %s was sent already", user_id)
+        return False
+    email = mail.message(
+        user.email,
+        f"Welcome to {current_app.config['SERVICE_NAME']}",
+        WELCOME.format(service=current_app.config["SERVICE_NAME"], email=user.email),
+    )
+    try:
+        mail.send(email)
+    except mail.PermanentMailError as error:
+        logger.warning("welcome e-mail of user %s not sent: %s", user_id, error)
+        return False
+    mark_sent(user_id)
+    logger.info("welcome e-mail sent to user %s", user_id)
+    return True

@@ -1,0 +1,101 @@
+"""E-mail transports: the log (console), a folder of .eml files, or SMTP.
+
+MAIL_BACKEND picks one. The console writes each message to the log, which suits
+development; file keeps one RFC 5322 file per message in MAIL_FILE_DIRECTORY
+(relative paths are in the instance folder), for tests and for looking at what
+would have been sent; smtp delivers through MAIL_HOST:MAIL_PORT, with
+MAIL_SECURITY (none, starttls or tls) and MAIL_USERNAME / MAIL_PASSWORD.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+import uuid
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from flask import current_app
+
+logger = logging.getLogger(__name__)
+
+
+class PermanentMailError(Exception):
+    """The server refused the message for good (a 5xx answer): do not retry."""
+
+
+def message(to: str, subject: str, body: str) -> EmailMessage:
+    """A plain-text message from MAIL_FROM, dated and with a Message-ID."""
+    email = EmailMessage()
+    email["From"] = current_app.config["MAIL_FROM"]
+    email["To"] = to
+    email["Subject"] = subject
+    email["Date"] = formatdate(localtime=False)
+    email["Message-ID"] = make_msgid()
+    email.set_content(body)
+    return email
+
+
+def send(email: EmailMessage) -> None:
+    """Deliver `email` through MAIL_BACKEND.
+
+    Raises PermanentMailError when the server refuses it for good, and
+    OSError or smtplib.SMTPException for failures worth retrying.
+    """
+    backend = current_app.config["MAIL_BACKEND"]
+    if backend == "file":
+        write_file(email)
+    elif backend == "smtp":
+        send_smtp(email)
+    else:
+        logger.info(
+            "e-mail (MAIL_BACKEND=console) to %s, subject %r:\n%s",
+            email["To"],
+            email["Subject"],
+            email.get_content(),
+        )
+
+
+def outbox() -> Path:
+    """The folder of the file backend (created on first use)."""
+    folder = Path(current_app.instance_path, current_app.config["MAIL_FILE_DIRECTORY"])
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def write_file(email: EmailMessage) -> None:
+    """Write `email` to the outbox; a reader never sees half a message."""
+    folder = outbox()
+    name = f"{uuid.uuid4().hex}.eml"
+    partial = folder / f".{name}.part"
+    partial.write_bytes(email.as_bytes())
+    partial.replace(folder / name)
+
+
+def send_smtp(email: EmailMessage) -> None:
+    config = current_app.config
+    host, port = config["MAIL_HOST"], config["MAIL_PORT"]
+    timeout = config["MAIL_TIMEOUT"]
+    context = ssl.create_default_context()
+    client: smtplib.SMTP
+    if config["MAIL_SECURITY"] == "tls":
+        client = smtplib.SMTP_SSL(host, port, timeout=timeout, context=context)
+    else:
+        client = smtplib.SMTP(host, port, timeout=timeout)
+    with client:
+        if config["MAIL_SECURITY"] == "starttls":
+            client.starttls(context=context)
+        if config["MAIL_USERNAME"]:
+            client.login(config["MAIL_USERNAME"], config["MAIL_PASSWORD"] or "")
+        try:
+            client.send_message(email)
+        except smtplib.SMTPRecipientsRefused as error:
+            raise PermanentMailError("the server refused every recipient") from error
+        except smtplib.SMTPResponseException as error:
+            if error.smtp_code >= 500:
+                raise PermanentMailError(
+                    f"the server refused the message ({error.smtp_code})"
+                ) from error
+            raise
