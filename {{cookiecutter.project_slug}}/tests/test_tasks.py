@@ -108,6 +108,17 @@ def test_messages_are_json_only_and_survive_a_dead_worker(app: Flask) -> None:
     assert settings.task_default_queue == app.config["REDIS_KEY_PREFIX"]
 
 
+@pytest.mark.parametrize(
+    "name", [accounts.send_welcome_email.name, cleanup.purge_expired.name]
+)
+def test_every_task_acknowledges_late(make_app: AppFactory, name: str) -> None:
+    bound = task(make_app(), name)
+    assert bound.acks_late is True
+    assert bound.reject_on_worker_lost is True
+    assert bound.soft_time_limit == 60
+    assert bound.time_limit == 90
+
+
 def test_beat_runs_the_cleanup_on_the_configured_interval(
     make_app: AppFactory,
 ) -> None:

@@ -596,6 +596,11 @@ class Config:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
+        # A worker's lines name the request that sent their task (tasks/).
+        "worker_log_format": (
+            "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s "
+            "request_id=%(request_id)s: %(message)s"
+        ),
         "worker_task_log_format": (
             "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s"
             "[%(task_id)s] request_id=%(request_id)s: %(message)s"

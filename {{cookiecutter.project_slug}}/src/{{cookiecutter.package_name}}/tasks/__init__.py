@@ -53,6 +53,8 @@ def celery_settings(app: Flask) -> dict[str, Any]:
     """``app.config["CELERY"]`` completed with what the other settings decide."""
     config = app.config
     broker = config["CELERY_BROKER_URL"]
+    visibility = config["CELERY_VISIBILITY_TIMEOUT"]
+    keys = f"{config['REDIS_KEY_PREFIX']}:celery:"
     schedule_file = Path(app.instance_path, config["CELERY_BEAT_SCHEDULE_FILE"])
     settings: dict[str, Any] = {
         **config["CELERY"],
@@ -66,15 +68,23 @@ def celery_settings(app: Flask) -> dict[str, Any]:
         "task_soft_time_limit": config["CELERY_TASK_SOFT_TIME_LIMIT"],
         "task_time_limit": config["CELERY_TASK_TIME_LIMIT"],
         "task_default_queue": config["REDIS_KEY_PREFIX"],
+        # Redis: a task no worker acknowledged within the visibility timeout
+        # goes back to the queue; workers look for such tasks every few
+        # seconds (kombu's default look is every 100 s).
         "broker_transport_options": {
-            "visibility_timeout": config["CELERY_VISIBILITY_TIMEOUT"],
-            "global_keyprefix": f"{config['REDIS_KEY_PREFIX']}:celery:",
+            "visibility_timeout": visibility,
+            "unacked_restore_interval": max(1, min(10, visibility // 4)),
+            "unacked_restore_throttle": 1,
+            "global_keyprefix": keys,
             "socket_connect_timeout": 1,
             "socket_timeout": 5,
         },
+        "result_backend_transport_options": {"global_keyprefix": keys},
         "beat_schedule": {
             "purge-expired-sign-ins": {
-                "task": cleanup.purge_expired.name,
+                # By name: touching a task here would bind it to this Celery
+                # before its settings are in (acks_late would stay off).
+                "task": f"{cleanup.__name__}.purge_expired",
                 "schedule": float(config["CLEANUP_INTERVAL"]),
             },
         },
@@ -162,9 +172,10 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+@signals.after_setup_logger.connect
 @signals.after_setup_task_logger.connect
 def add_request_ids(logger: logging.Logger, **_extra: object) -> None:
-    """Every handler of the worker's task logger gets the request id."""
+    """The worker's log handlers give every line the request id (or "-")."""
     for handler in logger.handlers:
         handler.addFilter(RequestIdFilter())
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 
 from celery import shared_task
-from celery.utils.log import get_task_logger
 from flask import current_app
 
 from ..extensions import db
@@ -13,8 +13,7 @@ from ..models import User
 from ..resilience import redis_store
 from . import mail
 
-# A task logger: in a worker its lines carry the task and the request id.
-logger = get_task_logger(__name__)
+logger = logging.getLogger(__name__)
 # Seconds a "welcome sent" mark is kept: far longer than any redelivery.
 SENT_MARK_TTL = 30 * 24 * 60 * 60
 # Where an app keeps its marks when there is no Redis to share them in.

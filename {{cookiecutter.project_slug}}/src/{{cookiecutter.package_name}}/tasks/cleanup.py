@@ -7,11 +7,11 @@ time, does no harm: each run deletes what is expired when it looks.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import TypedDict
 
 from celery import shared_task
-from celery.utils.log import get_task_logger
 from flask import current_app
 from sqlalchemy import delete, or_
 
@@ -20,7 +20,7 @@ from ..models import TokenFamily
 from ..models.base import utcnow
 from ..resilience import redis_store
 
-logger = get_task_logger(__name__)
+logger = logging.getLogger(__name__)
 # Revoked sign-ins stay this long (for a look at what happened), then go.
 REVOKED_KEPT = timedelta(days=1)
 SCAN_BATCH = 500
