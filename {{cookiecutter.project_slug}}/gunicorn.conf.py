@@ -22,6 +22,8 @@ from {{ cookiecutter.package_name }}.config import (
 )
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 
+# The machine's CPUs. A container's CPU quota (docker --cpus, Kubernetes
+# resources.limits.cpu) does not change this count: set WEB_CONCURRENCY there.
 CPUS = os.cpu_count() or 1
 # Far beyond what helps, and a typo away from exhausting the machine's memory
 # (WEB_CONCURRENCY=100000 would fork until the kernel starts killing).
@@ -31,7 +33,11 @@ MAX_THREADS = 64
 # A broken setting ends the start-up with one line, before any worker exists.
 try:
     port = env_int(os.environ, "PORT", 8000, maximum=65535)
-    # One worker per CPU with Redis; without it, state is per process: one.
+    # Worker processes: WEB_CONCURRENCY, else one per CPU with REDIS_URL and
+    # one without. Without REDIS_URL the rate-limit counters, breaker state,
+    # idempotency keys and cache live in process memory, which is correct for
+    # one process only, so on_starting refuses more. One per CPU is enough:
+    # threads, not processes, cover the waits on I/O (below).
     default_workers = CPUS if os.environ.get("REDIS_URL") else 1
     workers = env_int(
         os.environ, "WEB_CONCURRENCY", default_workers, maximum=MAX_WORKERS
@@ -42,17 +48,69 @@ except ConfigError as error:
 
 # All interfaces, as a container needs; the port comes from PORT.
 bind = [f"0.0.0.0:{port}"]
-# Threads keep a worker answering (/health/live included) while some of its
-# requests wait on I/O, such as a database that does not answer.
+# A view holds its thread while it waits on the database or an upstream. A
+# sync worker has one thread: one slow call stops the process, /health/live
+# included. A gthread worker's other threads keep answering, and its
+# throughput grows with its threads while requests mostly wait. Measured with
+# `python -m benchmarks.workers` (make bench-workers): a view that waits 50 ms
+# on an upstream, wrk -c32 on loopback, 2 CPUs, medians of 3 x 10 s,
+# December 2026 (the ceiling is processes x threads / 50 ms):
+#
+#   worker model      processes threads ceiling  new connection  kept alive
+#                                                req/s   p99 ms  req/s  p99 ms
+#   sync                      2       1      40   38.0     896    38.1     878
+#   gthread                   2       4     160  149.5     416    93.3     486
+#   gthread                   2       8     320  297.7     199   154.2     282
+#   sync, 2 x CPUs + 1        5       1     100   95.7     366    95.6     393
+#
+# gthread x 4 serves four times what sync does with the same processes, and
+# half as much again as 2 x CPUs + 1 sync processes with 2 processes instead
+# of 5. With kept-alive connections a gthread worker serves only those it
+# accepted, and one worker often takes most of a burst of them: x 4 gave
+# 72-148 req/s from run to run. A proxy that opens a connection per request
+# (nginx's default towards its upstreams) spreads the load evenly. reuse_port
+# would too (146-148 every run), but then a worker being recycled resets the
+# connections queued on its own socket (100-180 in 12 s with one recycled
+# about every second; none with the shared socket), so it stays off.
+#
+# More threads raise throughput further (x 8 doubles it), but each thread may
+# hold a database connection: 4 stay within SQLAlchemy's default pool of 5
+# per process, and CPUs x 4 leave room in PostgreSQL's default 100 connections
+# for several replicas. Raise GUNICORN_THREADS for requests that wait mostly
+# on other services, with the database pool and max_connections to match.
 worker_class = "gthread"
-# Seconds: a worker silent for longer is killed and replaced; in-flight requests
-# get graceful_timeout to finish on shutdown; idle keep-alive connections close.
+# A worker whose main loop is silent this long is killed and replaced. The
+# loop beats while request threads wait, so this catches a stuck process, not
+# a slow request: the app's own deadlines bound those (DATABASE_STATEMENT_TIMEOUT,
+# PRICING_TIMEOUT, HEALTH_CHECK_TIMEOUT).
 timeout = 30
-graceful_timeout = 30
-keepalive = 5
-# Replace each worker after about this many requests, bounding slow leaks.
+# On SIGTERM the master closes the listening socket, and each worker finishes
+# the requests it has for up to this long, then exits (tests/test_gunicorn.py
+# shows it). 25 s ends within the 30 s Kubernetes allows by default before
+# SIGKILL; docker stop allows 10 s unless given --stop-timeout (compose:
+# stop_grace_period), so give containers 30.
+graceful_timeout = 25
+# Seconds an idle kept-alive connection stays open: longer than the idle
+# timeout of the load balancers usually in front (AWS ALB's is 60 s), so that
+# they close idle connections, not Gunicorn (a connection closed just as the
+# balancer reuses it is a 502). An idle connection waits in the worker's
+# poller, not in a thread.
+keepalive = 75
+# Replace each worker after about this many requests, bounding slow leaks; the
+# jitter keeps workers from restarting at the same moment. A worker is
+# replaced as on SIGTERM: its requests finish first.
 max_requests = 2000
 max_requests_jitter = 200
+# The peers Gunicorn lets set the scheme (X-Forwarded-Proto and the like) and
+# SCRIPT_NAME: none unless FORWARDED_ALLOW_IPS says. The app's ProxyFix reads
+# X-Forwarded-For and -Proto from exactly TRUSTED_PROXIES hops (security.py),
+# so one place decides, and with TRUSTED_PROXIES=0 (the default) no forwarded
+# header counts, from anyone. Gunicorn's own default, 127.0.0.1 and ::1,
+# would let any process on the host (or in the pod) set the scheme even so.
+# Gunicorn reads FORWARDED_ALLOW_IPS itself only when this file says nothing,
+# hence it is read here; on_starting refuses it with TRUSTED_PROXIES=0. (A
+# Unix socket peer is always trusted by Gunicorn: bind to TCP, as here.)
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
 # Gunicorn 25+ opens a control socket in $HOME by default: servers sharing a
 # home (tests, several services) would fight over it, and nothing here uses it.
 control_socket_disable = True
@@ -76,6 +134,14 @@ def on_starting(server: Arbiter) -> None:
             "worker keeps its own rate-limit counters, breaker state, idempotency "
             "keys and cache, which silently disagree. Set REDIS_URL, or run one "
             "worker (WEB_CONCURRENCY=1)."
+        )
+    if server.cfg.forwarded_allow_ips and not config.TRUSTED_PROXIES:
+        trusted = ",".join(server.cfg.forwarded_allow_ips)
+        sys.exit(
+            f"Error: FORWARDED_ALLOW_IPS={trusted} trusts proxies to report the "
+            "scheme, but TRUSTED_PROXIES=0 says no proxy is in front. Set "
+            "TRUSTED_PROXIES to the number of proxies that append X-Forwarded-For, "
+            "or unset FORWARDED_ALLOW_IPS."
         )
 
 

@@ -114,11 +114,12 @@ def base_env(workdir: Path, threads: int) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serving(app: str, env: dict[str, str]) -> Iterator[Server]:
-    """Gunicorn with gunicorn.conf.py serving ``benchmarks.apps:<app>()``."""
+def serving(app: str, env: dict[str, str], args: str = "") -> Iterator[Server]:
+    """Gunicorn with gunicorn.conf.py serving ``benchmarks.apps:<app>()``;
+    `args` join its command line (GUNICORN_CMD_ARGS)."""
     port = free_port()
     # No worker recycling: a restart would measure the app's boot, not requests.
-    args = f"--bind 127.0.0.1:{port} --access-logfile /dev/null --max-requests 0"
+    fixed = f"--bind 127.0.0.1:{port} --access-logfile /dev/null --max-requests 0"
     process = subprocess.Popen(  # noqa: S603 - a fixed command line
         [
             sys.executable,
@@ -129,7 +130,7 @@ def serving(app: str, env: dict[str, str]) -> Iterator[Server]:
             f"benchmarks.apps:{app}()",
         ],
         cwd=PROJECT,
-        env=env | {"GUNICORN_CMD_ARGS": args},
+        env=env | {"GUNICORN_CMD_ARGS": f"{fixed} {args}"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -158,8 +159,14 @@ class WrkRun:
     errors: int
 
 
-def wrk(url: str, connections: int, seconds: float) -> WrkRun:
-    """One wrk run on one thread; requests per second and p99 in ms."""
+def wrk(
+    url: str, connections: int, seconds: float, *, keep_alive: bool = True
+) -> WrkRun:
+    """One wrk run on one thread; requests per second and p99 in ms.
+
+    Without `keep_alive`, every request comes on a new connection.
+    """
+    close = () if keep_alive else ("--header", "Connection: close")
     result = subprocess.run(  # noqa: S603 - a fixed command line
         [
             WRK,
@@ -169,6 +176,7 @@ def wrk(url: str, connections: int, seconds: float) -> WrkRun:
             f"-d{seconds:g}s",
             "--timeout",
             "10s",
+            *close,
             url,
         ],
         capture_output=True,

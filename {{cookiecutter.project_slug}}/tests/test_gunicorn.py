@@ -9,6 +9,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -55,7 +56,16 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("FLASK_", "APP_", "GUNICORN_", "JWT_"))
-        and name not in {"SECRET_KEY", "DATABASE_URL", "WEB_CONCURRENCY", "PORT"}
+        and name
+        not in {
+            "SECRET_KEY",
+            "DATABASE_URL",
+            "WEB_CONCURRENCY",
+            "PORT",
+            "REDIS_URL",
+            "TRUSTED_PROXIES",
+            "FORWARDED_ALLOW_IPS",
+        }
     }
     env.update(
         GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{port}",
@@ -248,6 +258,54 @@ def test_the_config_passes_gunicorns_own_check() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def resolved_settings(**variables: str) -> dict[str, str]:
+    """Gunicorn's settings as gunicorn.conf.py resolves them (--print-config),
+    from the production environment and `variables` alone."""
+    env = server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL="sqlite://")
+    del env["GUNICORN_CMD_ARGS"], env["WEB_CONCURRENCY"]
+    result = subprocess.run(  # noqa: S603 - a fixed command line
+        [*SERVER, "--print-config", "wsgi:application"],
+        cwd=PROJECT,
+        env=env | variables,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    pairs = (line.partition(" = ") for line in result.stdout.splitlines())
+    return {name.strip(): value for name, _, value in pairs}
+
+
+def test_by_default_one_gthread_worker_trusts_no_forwarder() -> None:
+    settings = resolved_settings()
+    assert settings["bind"] == "['0.0.0.0:8000']"
+    assert (settings["worker_class"], settings["threads"]) == ("gthread", "4")
+    # Process memory holds the limits and breakers: one worker, whatever the CPUs.
+    assert settings["workers"] == "1"
+    # Not Gunicorn's default (127.0.0.1, ::1): TRUSTED_PROXIES=0 trusts no one.
+    assert settings["forwarded_allow_ips"] == "[]"
+    assert int(settings["max_requests_jitter"]) > 0
+
+
+def test_with_redis_the_default_is_a_worker_per_cpu() -> None:
+    redis_url = f"redis://127.0.0.1:{free_port()}/0"  # read, never connected to
+    settings = resolved_settings(REDIS_URL=redis_url)
+    assert settings["workers"] == str(os.cpu_count())
+
+
+def test_the_environment_sets_port_workers_threads_and_forwarders() -> None:
+    settings = resolved_settings(
+        PORT="9001",
+        WEB_CONCURRENCY="3",
+        GUNICORN_THREADS="8",
+        FORWARDED_ALLOW_IPS="10.0.0.0/8,192.168.1.7",
+    )
+    assert settings["bind"] == "['0.0.0.0:9001']"
+    assert (settings["workers"], settings["threads"]) == ("3", "8")
+    assert settings["forwarded_allow_ips"] == "['10.0.0.0/8', '192.168.1.7']"
+
+
 @pytest.mark.parametrize(
     ("variables", "message"),
     [
@@ -275,6 +333,14 @@ def test_the_config_passes_gunicorns_own_check() -> None:
             {"WEB_CONCURRENCY": "100000"},
             "Error: WEB_CONCURRENCY='100000' is more than the",
         ),
+        (
+            {
+                "SECRET_KEY": SAFE_SECRET,
+                "DATABASE_URL": "sqlite://",
+                "FORWARDED_ALLOW_IPS": "10.0.0.5",
+            },
+            "Error: FORWARDED_ALLOW_IPS=10.0.0.5 trusts proxies to report the",
+        ),
     ],
     ids=[
         "weak-secret-key",
@@ -282,6 +348,7 @@ def test_the_config_passes_gunicorns_own_check() -> None:
         "bad-port",
         "workers-without-redis",
         "runaway-workers",
+        "forwarders-without-trusted-proxies",
     ],
 )
 def test_a_refused_configuration_stops_the_server_in_one_line(
@@ -378,6 +445,76 @@ def test_requests_gunicorn_refuses_get_problem_documents(
     assert problem["detail"] == "The server could not read the request."
     assert b"Secret" not in answer
     assert server.stop() == 0
+
+
+def test_sigterm_lets_the_requests_in_flight_finish(
+    start_server: Any,
+    production_database: str,
+    pricing_upstream: FakeUpstream,
+    writer: dict[str, str],
+) -> None:
+    in_flight = 6
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        PRICING_URL=pricing_upstream.url,
+        PRICING_TIMEOUT="10",
+        # A thread for each, and one left free (MAX_IN_FLIGHT): none is shed.
+        GUNICORN_THREADS=str(in_flight + 1),
+    )
+    created = server.request("POST", "/api/v1/items", b'{"name": "Slow"}', writer)
+    assert created.status == 201
+    price = f"{created.headers['Location']}/price"
+    pricing_upstream.default = Reply(delay=1.5)
+
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        answers = [pool.submit(server.request, "GET", price) for _ in range(in_flight)]
+        deadline = time.monotonic() + REQUEST_TIMEOUT
+        while pricing_upstream.calls < in_flight:  # all inside views, waiting
+            assert time.monotonic() < deadline, f"{pricing_upstream.calls} waiting"
+            time.sleep(0.02)
+        server.process.send_signal(signal.SIGTERM)
+        finished = [answer.result(timeout=REQUEST_TIMEOUT) for answer in answers]
+
+    assert [answer.status for answer in finished] == [200] * in_flight
+    # Fetched from the upstream, not the fallback: each ran to its end.
+    assert [answer.json()["stale"] for answer in finished] == [False] * in_flight
+    assert pricing_upstream.peak == in_flight
+    assert server.process.wait(timeout=45) == 0
+    assert server.process.stderr is not None
+    log = server.process.stderr.read()
+    workers = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
+    assert len(workers) == 1, log
+    for pid in workers:  # reaped by the master, not left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+@pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="needs wrk: the benchmark drives Gunicorn"
+)
+def test_the_worker_benchmark_runs_end_to_end() -> None:
+    """`make bench-workers` prints figures; here only that it runs is checked."""
+    result = subprocess.run(  # noqa: S603 - a fixed command line
+        [
+            *(sys.executable, "-m", "benchmarks.workers"),
+            *("--workers=1", "--wide=0", "--threads", "2", "--connections=4"),
+            *("--seconds=1", "--warmup=0", "--rounds=1"),
+        ],
+        cwd=PROJECT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BENCH_")},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Connections one per request" in lines
+    assert "Connections kept alive" in lines
+    rows = [line.split() for line in lines if line.startswith(("sync ", "gthread "))]
+    # Two models, two kinds of connection; every answer a 200 (no non-2xx).
+    assert [row[-1] for row in rows] == ["0"] * 4
 
 
 def test_the_production_server_end_to_end(
