@@ -10,7 +10,8 @@ import subprocess
 from answer_sets import CORE_ABSENT, CORE_FILES
 from bakery import Bake, only, readme_commands, run
 
-LEFTOVER = re.compile(r"\{\{|\{%|cookiecutter\.")
+# GitHub's own expressions (${{ github.sha }}) are not template syntax.
+LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|cookiecutter\.")
 
 
 SKIPPED_DIRECTORIES = {".venv", ".git", "instance", "__pycache__"}

@@ -35,6 +35,7 @@ pytestmark = pytest.mark.services
 POSTGRES = os.environ.get("KILN_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
 # The machine's Redis; every project run here writes under a prefix of its own.
 REDIS = os.environ.get("KILN_REDIS_URL", "redis://127.0.0.1:6379/0")
+RABBITMQ = os.environ.get("KILN_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
 SERVER_START_TIMEOUT = 90.0
 REQUEST_TIMEOUT = 10.0
 
@@ -118,7 +119,12 @@ def test_migrations_and_test_suite_on_postgresql(
     assert {"items", "alembic_version"} <= tables
     assert version is not None
 
-    suite_env = {"TEST_DATABASE_URL": make_database(), "TEST_REDIS_URL": REDIS}
+    suite_env = {
+        "TEST_DATABASE_URL": make_database(),
+        "TEST_REDIS_URL": REDIS,
+        # Celery's worker tests (tests/test_worker.py) run over RabbitMQ too.
+        "TEST_RABBITMQ_URL": RABBITMQ,
+    }
     _, test_command = readme_commands(bake)
     result = bake.run(f"{test_command} -p no:cacheprovider", env=suite_env)
     assert " passed" in result.stdout
