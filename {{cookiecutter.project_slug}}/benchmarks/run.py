@@ -104,6 +104,9 @@ def base_env(workdir: Path, threads: int) -> dict[str, str]:
         SECRET_KEY=secrets.token_urlsafe(48),
         JWT_PRIVATE_KEY=signing_key(),
         DATABASE_URL=f"sqlite:///{workdir / 'bench.db'}",
+        # With Celery, production needs a broker; the benchmark sends no task,
+        # so one nobody listens on will do (ignored without Celery).
+        CELERY_BROKER_URL="redis://127.0.0.1:9/0",
         FLASK_SKIP_DOTENV="1",
         WEB_CONCURRENCY="1",
         GUNICORN_THREADS=str(threads),

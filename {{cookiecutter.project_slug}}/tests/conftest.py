@@ -54,6 +54,17 @@ def signing_key_pem() -> str:
     )
 
 
+# What production needs besides SECRET_KEY, DATABASE_URL and the signing key.
+{%- if cookiecutter.use_celery == "yes" %}
+PRODUCTION_EXTRAS: dict[str, str] = {
+    # A Celery broker: one nobody listens on, so a task sent fails at once
+    # (and is logged) and no Redis of the machine collects stray tasks.
+    "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
+}
+{%- else %}
+PRODUCTION_EXTRAS: dict[str, str] = {}
+{%- endif %}
+
 # The password of every account the tests make (it passes the policy).
 PASSWORD = "plum-ocelot-37-harbour"
 

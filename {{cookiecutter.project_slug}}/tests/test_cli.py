@@ -18,7 +18,7 @@ from {{ cookiecutter.package_name }}.cli import REDACTED, redact
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item
 
-from conftest import AppFactory, signing_key_pem
+from conftest import PRODUCTION_EXTRAS, AppFactory, signing_key_pem
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -102,6 +102,7 @@ def test_redact_keeps_harmless_values() -> None:
                 "SECRET_KEY": SAFE_SECRET,
                 "JWT_PRIVATE_KEY": signing_key_pem(),
                 "DATABASE_URL": "sqlite://",
+                **PRODUCTION_EXTRAS,
             },
             "Error: `flask run` is the development server",
         ),
@@ -127,6 +128,8 @@ def test_production_refuses_the_development_server(
     monkeypatch.setenv("SECRET_KEY", SAFE_SECRET)
     monkeypatch.setenv("JWT_PRIVATE_KEY", signing_key_pem())
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    for name, value in PRODUCTION_EXTRAS.items():
+        monkeypatch.setenv(name, value)
     info = ScriptInfo(create_app=lambda: make_app("production"))
     result = CliRunner().invoke(cli, ["run", "--port", "0"], obj=info)
     assert result.exit_code == 1

@@ -29,6 +29,7 @@ import redis
 
 from conftest import (
     PASSWORD,
+    PRODUCTION_EXTRAS,
     PROJECT,
     FakeUpstream,
     Reply,
@@ -73,6 +74,8 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
         APP_ENV="production",
         JWT_PRIVATE_KEY=signing_key_pem(),
     )
+    if "REDIS_URL" not in variables:  # with Redis, Celery's broker is Redis
+        env.update(PRODUCTION_EXTRAS)
     env.update(variables)
     return env
 

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }}.config import ConfigError, cors_origins
 
-from conftest import AppFactory, signing_key_pem
+from conftest import PRODUCTION_EXTRAS, AppFactory, signing_key_pem
 
 EXPECTED = {
     "X-Content-Type-Options": "nosniff",
@@ -48,6 +48,8 @@ def test_production_adds_hsts(
     monkeypatch.setenv("SECRET_KEY", "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga")
     monkeypatch.setenv("JWT_PRIVATE_KEY", signing_key_pem())
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    for name, value in PRODUCTION_EXTRAS.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
     response = make_app("production").test_client().get("/health/live")
     assert response.headers["Strict-Transport-Security"].startswith("max-age=")

@@ -10,7 +10,7 @@ from flask import Flask
 
 from {{ cookiecutter.package_name }}.config import ConfigError
 
-from conftest import close_connections, signing_key_pem
+from conftest import PRODUCTION_EXTRAS, close_connections, signing_key_pem
 
 WSGI = Path(__file__).resolve().parent.parent / "wsgi.py"
 
@@ -33,6 +33,8 @@ def test_builds_the_application_with_safe_settings(
     monkeypatch.setenv("SECRET_KEY", "wsgi-test-3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga")
     monkeypatch.setenv("JWT_PRIVATE_KEY", signing_key_pem())
     monkeypatch.setenv("DATABASE_URL", "sqlite://")
+    for name, value in PRODUCTION_EXTRAS.items():
+        monkeypatch.setenv(name, value)
     application = runpy.run_path(str(WSGI))["application"]
     assert isinstance(application, Flask)
     close_connections(application)
