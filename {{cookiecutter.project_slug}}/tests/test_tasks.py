@@ -371,12 +371,15 @@ def test_a_permanent_refusal_is_not_retried(
     assert "refused the message (550)" in caplog.text
 
 
-def test_the_retry_backoff_is_exponential_with_jitter() -> None:
-    send = accounts.send_welcome_email
-    assert getattr(send, "retry_backoff", None) == 2
-    assert getattr(send, "retry_jitter", None) is True
-    assert send.max_retries == 8
-    assert OSError in getattr(send, "autoretry_for", ())
+def test_the_retry_backoff_is_exponential_with_jitter(make_app: AppFactory) -> None:
+    with make_app(CELERY_RETRY_BACKOFF_MAX=20).app_context():
+        for retries in range(10):
+            delays = {accounts.retry_delay(retries) for _ in range(200)}
+            assert max(delays) <= min(2 * 2**retries, 20)
+            assert min(delays) >= 0
+            # Jitter: the delays of many failed tasks differ.
+            assert len(delays) > 1
+    assert accounts.send_welcome_email.max_retries == 8
 
 
 def test_a_broker_that_is_down_does_not_fail_the_sign_up(

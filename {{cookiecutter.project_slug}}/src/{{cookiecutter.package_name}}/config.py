@@ -762,30 +762,16 @@ class Config:
         """The broker (REDIS_URL unless CELERY_BROKER_URL says otherwise), task
         limits, the cleanup schedule and the mail transport."""
         self.CELERY_BROKER_URL = self.broker_url(environ) or self.REDIS_URL
-        self.CELERY_TASK_SOFT_TIME_LIMIT = env_int(
-            environ,
-            "CELERY_TASK_SOFT_TIME_LIMIT",
-            self.CELERY_TASK_SOFT_TIME_LIMIT,
-            maximum=24 * 3600,
-        )
-        self.CELERY_TASK_TIME_LIMIT = env_int(
-            environ,
-            "CELERY_TASK_TIME_LIMIT",
-            self.CELERY_TASK_TIME_LIMIT,
-            maximum=24 * 3600,
-        )
-        self.CELERY_RETRY_BACKOFF_MAX = env_int(
-            environ,
-            "CELERY_RETRY_BACKOFF_MAX",
-            self.CELERY_RETRY_BACKOFF_MAX,
-            maximum=24 * 3600,
-        )
-        self.CELERY_VISIBILITY_TIMEOUT = env_int(
-            environ,
-            "CELERY_VISIBILITY_TIMEOUT",
-            self.CELERY_VISIBILITY_TIMEOUT,
-            maximum=7 * 24 * 3600,
-        )
+        day = 24 * 3600
+        for name, maximum in (
+            ("CELERY_TASK_SOFT_TIME_LIMIT", day),
+            ("CELERY_TASK_TIME_LIMIT", day),
+            ("CELERY_RETRY_BACKOFF_MAX", day),
+            ("CELERY_VISIBILITY_TIMEOUT", 7 * day),
+        ):
+            setattr(
+                self, name, env_int(environ, name, getattr(self, name), maximum=maximum)
+            )
         if self.CELERY_TASK_SOFT_TIME_LIMIT >= self.CELERY_TASK_TIME_LIMIT:
             raise ConfigError(
                 "CELERY_TASK_SOFT_TIME_LIMIT must be below CELERY_TASK_TIME_LIMIT, "

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import smtplib
+from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
+from celery.utils.time import get_exponential_backoff_interval
 from flask import current_app
 
 from ..extensions import db
@@ -55,15 +57,22 @@ def mark_sent(user_id: int) -> None:
         store.set(store.key(sent_key(user_id)), "1", ttl=SENT_MARK_TTL)
 
 
-@shared_task(
-    # Transient failures (a refused connection, a 4xx answer) are retried with
-    # exponential backoff and jitter; a 5xx refusal is final (PermanentMailError).
-    autoretry_for=(OSError, smtplib.SMTPException),
-    retry_backoff=2,
-    retry_jitter=True,
-    max_retries=8,
-)
-def send_welcome_email(user_id: int) -> bool:
+def retry_delay(retries: int) -> int:
+    """Seconds to wait before retry `retries` + 1: exponential (up to 2, 4, 8 s,
+    ...), capped at CELERY_RETRY_BACKOFF_MAX, with full jitter so that many
+    failed tasks do not come back at the same moment."""
+    return int(
+        get_exponential_backoff_interval(
+            factor=2,
+            retries=retries,
+            maximum=current_app.config["CELERY_RETRY_BACKOFF_MAX"],
+            full_jitter=True,
+        )
+    )
+
+
+@shared_task(bind=True, max_retries=8)
+def send_welcome_email(self: Task[Any, Any], user_id: int) -> bool:
     """E-mail a new account's owner once; True when a message went out.
 
     Idempotent: a redelivered task (its first worker died) finds the mark of
@@ -87,6 +96,13 @@ def send_welcome_email(user_id: int) -> bool:
     except mail.PermanentMailError as error:
         logger.warning("welcome e-mail of user %s not sent: %s", user_id, error)
         return False
+    except (OSError, smtplib.SMTPException) as error:
+        # Transient (a refused connection, a 4xx answer): try again later.
+        delay = retry_delay(self.request.retries)
+        logger.info(
+            "welcome e-mail of user %s: %r, retry in %s s", user_id, error, delay
+        )
+        raise self.retry(exc=error, countdown=delay) from error
     mark_sent(user_id)
     logger.info("welcome e-mail sent to user %s", user_id)
     return True
