@@ -4,6 +4,7 @@ beat's heartbeat and the request id (tests/test_worker.py runs a real worker).""
 from __future__ import annotations
 
 import email
+import email.policy
 import logging
 import os
 import subprocess
@@ -26,6 +27,7 @@ from {{ cookiecutter.package_name }}.config import ConfigError, load_config
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import TokenFamily, User
 from {{ cookiecutter.package_name }}.models.base import utcnow
+from {{ cookiecutter.package_name }}.resilience import redis_store
 from {{ cookiecutter.package_name }}.tasks import (
     RequestIdFilter,
     accounts,
@@ -49,6 +51,7 @@ from conftest import (
 )
 
 AUTH = "/api/v1/auth"
+PACKAGE = "{{ cookiecutter.package_name }}"
 
 
 def production(**extra: str) -> dict[str, str]:
@@ -61,11 +64,14 @@ def production(**extra: str) -> dict[str, str]:
     }
 
 
-def outbox(app: Flask) -> list[email.message.Message]:
+def outbox(app: Flask) -> list[email.message.EmailMessage]:
     """The messages the file backend wrote, oldest first."""
     folder = Path(app.instance_path, app.config["MAIL_FILE_DIRECTORY"])
     files = sorted(folder.glob("*.eml"), key=lambda path: path.stat().st_mtime_ns)
-    return [email.message_from_bytes(path.read_bytes()) for path in files]
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        for path in files
+    ]
 
 
 @pytest.fixture
@@ -81,6 +87,15 @@ def mail_app(make_app: AppFactory, tmp_path: Path) -> Iterator[Flask]:
 def task(app: Flask, name: str) -> Any:
     """`app`'s own instance of a task (each app has its Celery)."""
     return celery_of(app).tasks[name]
+
+
+def forget_welcome(app: Flask, user_id: int) -> None:
+    """Drop the mark of a sent welcome e-mail (in Redis or in memory)."""
+    store = redis_store(app)
+    if store is None:
+        accounts.memory_marks().discard(accounts.sent_key(user_id))
+    else:
+        store.delete(store.key(accounts.sent_key(user_id)))
 
 
 # --- Settings -------------------------------------------------------------------
@@ -163,6 +178,20 @@ def test_production_without_a_broker_refuses_to_start() -> None:
         config.validate(config.settings())
 
 
+def test_production_refuses_an_smtp_login_in_clear_text() -> None:
+    config = load_config(
+        "production",
+        production(
+            REDIS_URL="redis://r:6379/0",
+            MAIL_BACKEND="smtp",
+            MAIL_USERNAME="mailer",
+            MAIL_PASSWORD="pw",
+        ),
+    )
+    with pytest.raises(ConfigError, match="MAIL_SECURITY=none"):
+        config.validate(config.settings())
+
+
 def test_production_with_redis_has_its_broker() -> None:
     config = load_config("production", production(REDIS_URL="redis://r:6379/0"))
     config.validate(config.settings())
@@ -174,6 +203,9 @@ def test_production_with_redis_has_its_broker() -> None:
     [
         ({"CELERY_BROKER_URL": "r:6379"}, "CELERY_BROKER_URL is not a broker URL"),
         ({"CELERY_BROKER_URL": "sqs://queue"}, "is not a broker URL"),
+        ({"CELERY_BROKER_URL": "redis://127.0.0.1:abc/3"}, "is not a broker URL"),
+        ({"CELERY_BROKER_URL": "amqp://g:x@mq:notaport//"}, "is not a broker URL"),
+        ({"CELERY_BROKER_URL": "redis://"}, "is not a broker URL"),
         (
             {"CELERY_TASK_SOFT_TIME_LIMIT": "90", "CELERY_TASK_TIME_LIMIT": "90"},
             "SOFT_TIME_LIMIT must be below",
@@ -221,7 +253,7 @@ def test_the_entry_point_builds_the_configured_app() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split()[:2] == ["{{ cookiecutter.package_name }}", "True"]
+    assert result.stdout.split()[:2] == [PACKAGE, "True"]
 
 
 def test_the_entry_point_refuses_production_without_settings() -> None:
@@ -239,8 +271,11 @@ def test_the_entry_point_refuses_production_without_settings() -> None:
         timeout=60,
         check=False,
     )
-    assert result.returncode != 0
-    assert "DATABASE_URL" in result.stderr or "SECRET_KEY" in result.stderr
+    assert result.returncode == 1
+    # One line, as Gunicorn and flask refuse, not a traceback.
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    assert "DATABASE_URL" in line or "SECRET_KEY" in line
 
 
 # --- The welcome e-mail -----------------------------------------------------------
@@ -255,7 +290,7 @@ def test_signing_up_sends_one_welcome_email(mail_app: Flask) -> None:
     assert message["To"] == "new@example.com"
     assert message["Subject"] == f"Welcome to {mail_app.config['SERVICE_NAME']}"
     assert message["Message-ID"]
-    assert "new@example.com" in message.get_payload(decode=True).decode()  # type: ignore[union-attr]
+    assert "new@example.com" in message.get_content()
     # Nothing of the password travels.
     assert PASSWORD not in message.as_string()
 
@@ -309,7 +344,7 @@ def test_no_welcome_for_a_missing_or_inactive_account(mail_app: Flask) -> None:
     assert user is not None
     user.active = False
     db.session.commit()
-    accounts.memory_marks().discard(accounts.sent_key(account.id))
+    forget_welcome(mail_app, account.id)
     assert send.delay(account.id).get() is False
     assert len(outbox(mail_app)) == 1  # the one sent when the account was made
 
@@ -333,7 +368,7 @@ def test_a_temporary_refusal_is_retried(make_app: AppFactory, tmp_path: Path) ->
     app = make_app(tables=True, MAIL_BACKEND="file", MAIL_FILE_DIRECTORY=str(tmp_path))
     with app.app_context(), smtp_server() as (port, behaviour):
         account = add_account(app, "retry@example.com")
-        accounts.memory_marks().clear()
+        forget_welcome(app, account.id)
         app.config.update(MAIL_BACKEND="smtp", MAIL_HOST="127.0.0.1", MAIL_PORT=port)
         behaviour.refusals = ["451 try again later"]
         # Run eagerly, a retry runs at once (a worker waits its backoff first).
@@ -351,10 +386,50 @@ def test_eager_tasks_raise_where_they_are_sent(make_app: AppFactory) -> None:
         send = task(app, accounts.send_welcome_email.name)
         with app.app_context():
             account = add_account(app, "eager@example.com")
-            accounts.memory_marks().clear()
+            forget_welcome(app, account.id)
             behaviour.refusals = ["451 try again later"]
             with pytest.raises(Retry):
                 send.delay(account.id)
+
+
+def test_a_database_that_does_not_answer_is_retried(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/missing/app.db")
+    with app.app_context(), pytest.raises(Retry):
+        task(app, accounts.send_welcome_email.name).delay(1)
+
+
+def test_redis_that_does_not_answer_is_retried(
+    make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
+) -> None:
+    app = make_app(
+        tables=True,
+        MAIL_BACKEND="file",
+        MAIL_FILE_DIRECTORY=str(tmp_path),
+        **redis_target.settings(),
+    )
+    with app.app_context():
+        account = add_account(app, "later@example.com")
+        forget_welcome(app, account.id)
+        redis_target.cut()
+        try:
+            with pytest.raises(Retry):
+                task(app, accounts.send_welcome_email.name).delay(account.id)
+        finally:
+            redis_target.restore()
+
+
+def test_an_address_the_server_cannot_carry_is_not_retried(
+    make_app: AppFactory,
+) -> None:
+    # The fake server offers no SMTPUTF8: a non-ASCII address cannot be sent.
+    with smtp_server() as (port, behaviour):
+        app = smtp_app(make_app, port)
+        with app.app_context():
+            account = add_account(app, "jürgen@example.com")
+            assert not accounts.already_sent(account.id)
+    assert behaviour.messages == []
 
 
 def test_a_permanent_refusal_is_not_retried(

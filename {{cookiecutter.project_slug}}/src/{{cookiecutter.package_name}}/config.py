@@ -12,6 +12,9 @@ import secrets
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, ClassVar
+{%- if cookiecutter.use_celery == "yes" %}
+from urllib.parse import urlsplit
+{%- endif %}
 
 import click
 import psycopg
@@ -337,7 +340,13 @@ def broker_url(environ: Mapping[str, str], variable: str) -> str | None:
     if not url:
         return None
     scheme, separator, _rest = url.partition("://")
-    if not separator or scheme.lower() not in BROKER_SCHEMES:
+    try:
+        parts = urlsplit(url)
+        valid = bool(separator and scheme.lower() in BROKER_SCHEMES and parts.hostname)
+        parts.port  # noqa: B018 - parsing the port is the check
+    except ValueError:
+        valid = False
+    if not valid:
         raise ConfigError(
             f"{variable} is not a broker URL: use redis://host:6379/0, rediss:// "
             "(TLS), or amqp://user:password@host:5672/vhost for RabbitMQ"
@@ -937,6 +946,11 @@ class ProductionConfig(Config):
                 "No broker: set REDIS_URL (or CELERY_BROKER_URL, for instance "
                 "amqp://user:password@host:5672/ for RabbitMQ). Production never "
                 "runs tasks inside web requests"
+            )
+        if config.get("MAIL_USERNAME") and config.get("MAIL_SECURITY") == "none":
+            raise ConfigError(
+                "MAIL_USERNAME is set with MAIL_SECURITY=none: the SMTP login "
+                "would cross the network in clear text; use starttls or tls"
             )
 {%- endif %}
         if served_by_development_server():

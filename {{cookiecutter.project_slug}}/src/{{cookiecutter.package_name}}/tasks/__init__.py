@@ -76,8 +76,10 @@ def celery_settings(app: Flask) -> dict[str, Any]:
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
             "global_keyprefix": keys,
+            # A Redis that accepts and never answers holds a sign-up about 2 s
+            # (above the 1 s BRPOP poll of the workers, which share it).
             "socket_connect_timeout": 1,
-            "socket_timeout": 5,
+            "socket_timeout": 2,
         },
         "result_backend_transport_options": {"global_keyprefix": keys},
         "beat_schedule": {

@@ -6,9 +6,11 @@ import logging
 import smtplib
 from typing import Any
 
+import redis
 from celery import Task, shared_task
 from celery.utils.time import get_exponential_backoff_interval
 from flask import current_app
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from ..extensions import db
 from ..models import User
@@ -20,6 +22,14 @@ logger = logging.getLogger(__name__)
 SENT_MARK_TTL = 30 * 24 * 60 * 60
 # Where an app keeps its marks when there is no Redis to share them in.
 MEMORY_MARKS = "welcome_marks"
+# Failures that pass: the mail server, the database or Redis not answering now.
+TRANSIENT = (
+    OSError,
+    smtplib.SMTPException,
+    OperationalError,
+    InterfaceError,
+    redis.RedisError,
+)
 
 WELCOME = """\
 Hello,
@@ -76,9 +86,26 @@ def send_welcome_email(self: Task[Any, Any], user_id: int) -> bool:
     """E-mail a new account's owner once; True when a message went out.
 
     Idempotent: a redelivered task (its first worker died) finds the mark of
-    a message already sent and does nothing. Only a worker that dies between
-    sending and marking sends a second copy: tasks run at least once.
+    a message already sent and does nothing. A second copy goes out only when
+    the first was delivered but not confirmed: the worker died between sending
+    and marking, or the server took the message and then did not answer.
     """
+    try:
+        return welcome(user_id)
+    except mail.PermanentMailError as error:
+        logger.warning("welcome e-mail of user %s not sent: %s", user_id, error)
+        return False
+    except TRANSIENT as error:
+        # A refused connection, a 4xx answer, a database or Redis that does
+        # not answer: try again later.
+        delay = retry_delay(self.request.retries)
+        logger.info(
+            "welcome e-mail of user %s: %r, retry in %s s", user_id, error, delay
+        )
+        raise self.retry(exc=error, countdown=delay) from error
+
+
+def welcome(user_id: int) -> bool:
     user = db.session.get(User, user_id)
     if user is None or not user.active:
         logger.info("no welcome e-mail: user %s is gone or inactive", user_id)
@@ -91,18 +118,7 @@ def send_welcome_email(self: Task[Any, Any], user_id: int) -> bool:
         f"Welcome to {current_app.config['SERVICE_NAME']}",
         WELCOME.format(service=current_app.config["SERVICE_NAME"], email=user.email),
     )
-    try:
-        mail.send(email)
-    except mail.PermanentMailError as error:
-        logger.warning("welcome e-mail of user %s not sent: %s", user_id, error)
-        return False
-    except (OSError, smtplib.SMTPException) as error:
-        # Transient (a refused connection, a 4xx answer): try again later.
-        delay = retry_delay(self.request.retries)
-        logger.info(
-            "welcome e-mail of user %s: %r, retry in %s s", user_id, error, delay
-        )
-        raise self.retry(exc=error, countdown=delay) from error
+    mail.send(email)
     mark_sent(user_id)
     logger.info("welcome e-mail sent to user %s", user_id)
     return True

@@ -93,6 +93,9 @@ def send_smtp(email: EmailMessage) -> None:
             client.send_message(email)
         except smtplib.SMTPRecipientsRefused as error:
             raise PermanentMailError("the server refused every recipient") from error
+        except smtplib.SMTPNotSupportedError as error:
+            # An address this server cannot carry (SMTPUTF8): no retry helps.
+            raise PermanentMailError(f"the server cannot send it: {error}") from error
         except smtplib.SMTPResponseException as error:
             if error.smtp_code >= 500:
                 raise PermanentMailError(
