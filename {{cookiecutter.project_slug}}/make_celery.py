@@ -8,7 +8,10 @@ configuration, as wsgi.py does for the web server.
 import sys
 
 from {{ cookiecutter.package_name }} import create_app
-from {{ cookiecutter.package_name }}.config import ConfigError, server_config_name
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+    server_config_name,
+)
 from {{ cookiecutter.package_name }}.tasks import celery_of
 
 # A refused setting is one line, as under Gunicorn and flask, not a traceback.
