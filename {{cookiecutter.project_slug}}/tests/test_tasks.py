@@ -320,15 +320,23 @@ def test_the_welcome_task_is_idempotent(mail_app: Flask) -> None:
     assert len(outbox(mail_app)) == 1
 
 
-def test_marks_of_sent_mail_are_shared_through_redis(
+@pytest.fixture
+def redis_mail_app(
     make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
-) -> None:
-    app = make_app(
+) -> Flask:
+    """A testing app with its shared state in Redis and e-mail in tmp_path."""
+    return make_app(
         tables=True,
         MAIL_BACKEND="file",
         MAIL_FILE_DIRECTORY=str(tmp_path),
         **redis_target.settings(),
     )
+
+
+def test_marks_of_sent_mail_are_shared_through_redis(
+    redis_mail_app: Flask, redis_target: RedisTarget
+) -> None:
+    app = redis_mail_app
     with app.app_context():
         account = add_account(app, "shared@example.com")
         key = f"{redis_target.prefix}:{accounts.sent_key(account.id)}"
@@ -401,14 +409,9 @@ def test_a_database_that_does_not_answer_is_retried(
 
 
 def test_redis_that_does_not_answer_is_retried(
-    make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path
+    redis_mail_app: Flask, redis_target: RedisTarget
 ) -> None:
-    app = make_app(
-        tables=True,
-        MAIL_BACKEND="file",
-        MAIL_FILE_DIRECTORY=str(tmp_path),
-        **redis_target.settings(),
-    )
+    app = redis_mail_app
     with app.app_context():
         account = add_account(app, "later@example.com")
         forget_welcome(app, account.id)
