@@ -50,34 +50,15 @@ except ConfigError as error:
 bind = [f"0.0.0.0:{port}"]
 # A view holds its thread while it waits on the database or an upstream. A
 # sync worker has one thread: one slow call stops the process, /health/live
-# included. A gthread worker's other threads keep answering, and its
-# throughput grows with its threads while requests mostly wait. Measured with
-# `python -m benchmarks.workers` (make bench-workers): a view that waits 50 ms
-# on an upstream, wrk -c32 on loopback, 2 CPUs, medians of 3 x 10 s,
-# December 2026 (the ceiling is processes x threads / 50 ms):
-#
-#   worker model      processes threads ceiling  new connection  kept alive
-#                                                req/s   p99 ms  req/s  p99 ms
-#   sync                      2       1      40   38.0     896    38.1     878
-#   gthread                   2       4     160  149.5     416    93.3     486
-#   gthread                   2       8     320  297.7     199   154.2     282
-#   sync, 2 x CPUs + 1        5       1     100   95.7     366    95.6     393
-#
-# gthread x 4 serves four times what sync does with the same processes, and
-# half as much again as 2 x CPUs + 1 sync processes with 2 processes instead
-# of 5. With kept-alive connections a gthread worker serves only those it
-# accepted, and one worker often takes most of a burst of them: x 4 gave
-# 72-148 req/s from run to run. A proxy that opens a connection per request
-# (nginx's default towards its upstreams) spreads the load evenly. reuse_port
-# would too (146-148 every run), but then a worker being recycled resets the
-# connections queued on its own socket (100-180 in 12 s with one recycled
-# about every second; none with the shared socket), so it stays off.
-#
-# More threads raise throughput further (x 8 doubles it), but each thread may
-# hold a database connection: 4 stay within SQLAlchemy's default pool of 5
-# per process, and CPUs x 4 leave room in PostgreSQL's default 100 connections
-# for several replicas. Raise GUNICORN_THREADS for requests that wait mostly
-# on other services, with the database pool and max_connections to match.
+# included. A gthread worker's other threads keep answering. Measured with
+# `make bench-workers` (benchmarks/workers.py; the figures are in README.md,
+# "Gunicorn"): on a view that waits 50 ms, 2 processes x 4 threads serve about
+# four times what 2 sync processes do, and more than 2 x CPUs + 1 sync ones.
+# 8 threads double it again, but each thread may hold a database connection:
+# 4 stay within SQLAlchemy's default pool of 5 per process and leave room in
+# PostgreSQL's default 100 connections for several replicas. reuse_port would
+# spread kept-alive connections evenly, but a recycled worker then resets the
+# connections queued on its own socket, so it stays off.
 worker_class = "gthread"
 # A worker whose main loop is silent this long is killed and replaced. The
 # loop beats while request threads wait, so this catches a stuck process, not

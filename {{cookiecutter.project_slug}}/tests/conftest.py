@@ -65,6 +65,19 @@ PRODUCTION_EXTRAS: dict[str, str] = {
 PRODUCTION_EXTRAS: dict[str, str] = {}
 {%- endif %}
 
+
+def production_settings(**extra: str) -> dict[str, str]:
+    """An environment production starts with (a safe key, a database URL, the
+    signing key and PRODUCTION_EXTRAS), with `extra` on top."""
+    return {
+        "SECRET_KEY": "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga",
+        "JWT_PRIVATE_KEY": signing_key_pem(),
+        "DATABASE_URL": "postgresql://app:pw@db.internal:5432/app",
+        **PRODUCTION_EXTRAS,
+        **extra,
+    }
+
+
 # The password of every account the tests make (it passes the policy).
 PASSWORD = "plum-ocelot-37-harbour"
 
@@ -126,6 +139,17 @@ def signed_in(app: Flask, *others: Flask) -> list[FlaskClient]:
         client.environ_base["HTTP_X_API_KEY"] = account.api_key
         clients.append(client)
     return clients
+
+
+def wait_until(
+    condition: Callable[[], bool], seconds: float = 5, what: str = "the condition"
+) -> None:
+    """Poll `condition` until it holds, failing after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {seconds} s waiting for {what}")
+        time.sleep(0.01)
 
 
 def outside_a_window_edge() -> None:

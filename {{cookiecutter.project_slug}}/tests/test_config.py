@@ -20,15 +20,10 @@ from {{ cookiecutter.package_name }}.config import (
 )
 from {{ cookiecutter.package_name }}.secret_key import weakness
 
-from conftest import PRODUCTION_EXTRAS, AppFactory, signing_key_pem
+from conftest import AppFactory, production_settings
 
-GOOD_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
-PRODUCTION_ENV = {
-    "SECRET_KEY": GOOD_SECRET,
-    "JWT_PRIVATE_KEY": signing_key_pem(),
-    "DATABASE_URL": "postgresql://app:pw@db.internal:5432/app",
-    **PRODUCTION_EXTRAS,
-}
+PRODUCTION_ENV = production_settings()
+GOOD_SECRET = PRODUCTION_ENV["SECRET_KEY"]
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,6 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -40,6 +39,7 @@ from conftest import (
     RedisTarget,
     Reply,
     problem,
+    wait_until,
 )
 
 PRICE = "/api/v1/items/1/price"
@@ -109,13 +109,6 @@ def timed_get(app: Flask) -> tuple[TestResponse, float]:
     began = time.monotonic()
     response = app.test_client().get(PRICE)
     return response, time.monotonic() - began
-
-
-def wait_for(condition: Callable[[], bool], within: float = 5) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        time.sleep(0.01)
 
 
 def trip(app: Flask, pricing_upstream: FakeUpstream, failures: int = 2) -> None:
@@ -233,7 +226,7 @@ def test_an_answer_from_before_the_breaker_opened_is_not_counted(
     slow = threading.Thread(target=lambda: late.append(app.test_client().get(PRICE)))
     slow.start()
     try:
-        wait_for(lambda: pricing_upstream.calls == 1)
+        wait_until(lambda: pricing_upstream.calls == 1)
         trip(app, pricing_upstream)
         time.sleep(0.35)
         assert app.test_client().get(PRICE).status_code == 200  # the trial: closed

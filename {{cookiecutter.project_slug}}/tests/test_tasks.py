@@ -47,21 +47,11 @@ from conftest import (
     AppFactory,
     RedisTarget,
     add_account,
-    signing_key_pem,
+    production_settings,
 )
 
 AUTH = "/api/v1/auth"
 PACKAGE = "{{ cookiecutter.package_name }}"
-
-
-def production(**extra: str) -> dict[str, str]:
-    """What production needs, but a broker."""
-    return {
-        "SECRET_KEY": "Vq3-hT9xL_2mPz8RkW4nYc6BdF1sJ0gA7eUoXiQ5",
-        "DATABASE_URL": "postgresql://app@db.internal:5432/app",
-        "JWT_PRIVATE_KEY": signing_key_pem(),
-        **extra,
-    }
 
 
 def outbox(app: Flask) -> list[email.message.EmailMessage]:
@@ -173,7 +163,9 @@ def test_tests_never_use_the_real_broker_setting() -> None:
 
 
 def test_production_without_a_broker_refuses_to_start() -> None:
-    config = load_config("production", production())
+    settings = production_settings()
+    del settings["CELERY_BROKER_URL"]
+    config = load_config("production", settings)
     with pytest.raises(ConfigError, match="No broker: set REDIS_URL"):
         config.validate(config.settings())
 
@@ -181,7 +173,7 @@ def test_production_without_a_broker_refuses_to_start() -> None:
 def test_production_refuses_an_smtp_login_in_clear_text() -> None:
     config = load_config(
         "production",
-        production(
+        production_settings(
             REDIS_URL="redis://r:6379/0",
             MAIL_BACKEND="smtp",
             MAIL_USERNAME="mailer",
@@ -193,7 +185,9 @@ def test_production_refuses_an_smtp_login_in_clear_text() -> None:
 
 
 def test_production_with_redis_has_its_broker() -> None:
-    config = load_config("production", production(REDIS_URL="redis://r:6379/0"))
+    settings = production_settings(REDIS_URL="redis://r:6379/0")
+    del settings["CELERY_BROKER_URL"]
+    config = load_config("production", settings)
     config.validate(config.settings())
     assert config.CELERY_BROKER_URL == "redis://r:6379/0"
 
@@ -233,44 +227,39 @@ def test_worker_concurrency_is_passed_on(make_app: AppFactory) -> None:
     assert celery_of(app).conf.worker_concurrency == 3
 
 
-def test_the_entry_point_builds_the_configured_app() -> None:
+def import_make_celery(
+    script: str, **variables: str
+) -> subprocess.CompletedProcess[str]:
+    """Run `script` (which imports make_celery) in a fresh interpreter, with
+    none of the caller's app settings but `variables`."""
     env = {
         key: value
         for key, value in os.environ.items()
-        if not key.startswith(("APP_ENV", "FLASK_"))
+        if not key.startswith(("APP_ENV", "FLASK_", "DATABASE_URL", "SECRET_KEY"))
     }
-    script = (
-        "import make_celery; c = make_celery.celery_app; "
-        "print(c.main, c.conf.task_always_eager)"
-    )
-    result = subprocess.run(  # noqa: S603 - our own interpreter and script
+    return subprocess.run(  # noqa: S603 - our own interpreter and script
         [sys.executable, "-c", script],
         cwd=PROJECT,
-        env={**env, "APP_ENV": "testing"},
+        env=env | variables,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
+    )
+
+
+def test_the_entry_point_builds_the_configured_app() -> None:
+    result = import_make_celery(
+        "import make_celery; c = make_celery.celery_app; "
+        "print(c.main, c.conf.task_always_eager)",
+        APP_ENV="testing",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split()[:2] == [PACKAGE, "True"]
 
 
 def test_the_entry_point_refuses_production_without_settings() -> None:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("APP_ENV", "FLASK_", "DATABASE_URL", "SECRET_KEY"))
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", "import make_celery"],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = import_make_celery("import make_celery")
     assert result.returncode == 1
     # One line, as Gunicorn and flask refuse, not a traceback.
     [line] = result.stderr.strip().splitlines()

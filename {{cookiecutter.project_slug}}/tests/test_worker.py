@@ -27,7 +27,7 @@ from flask import Flask
 from fake_smtp import Behaviour, smtp_server
 from {{ cookiecutter.package_name }}.tasks import celery_of, cleanup
 
-from conftest import PASSWORD, PROJECT, AppFactory, signing_key_pem
+from conftest import PASSWORD, PROJECT, AppFactory, signing_key_pem, wait_until
 
 DATABASE = os.environ.get("TEST_DATABASE_URL", "")
 REDIS = os.environ.get("TEST_REDIS_URL", "")
@@ -57,14 +57,6 @@ def brokers() -> list[Any]:
             marks=pytest.mark.skipif(not RABBITMQ, reason="needs TEST_RABBITMQ_URL"),
         ),
     ]
-
-
-def wait_until(condition: Callable[[], bool], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up after {seconds} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @dataclass
