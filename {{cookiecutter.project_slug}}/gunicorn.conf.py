@@ -9,18 +9,33 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 
 from gunicorn import util
 from gunicorn.arbiter import Arbiter
+from gunicorn.workers.base import Worker
 
-from {{ cookiecutter.package_name }}.config import (
+# Metrics: every worker writes its values into one directory, which /metrics
+# adds up (observability/metrics.py). prometheus_client reads the variable
+# when it is first imported, by the app's package below, so it is set first:
+# PROMETHEUS_MULTIPROC_DIR when given (emptied at start), else a directory of
+# this server's own, removed when it exits.
+OWN_METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+if OWN_METRICS_DIRECTORY:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-")
+
+from {{ cookiecutter.package_name }}.config import (  # noqa: E402 - after the variable
+    LOG_LEVELS,
     ConfigError,
     check_server_config,
+    env_choice,
     env_int,
 )
-from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE  # noqa: E402
+from {{ cookiecutter.package_name }}.observability import metrics  # noqa: E402
 
 # The machine's CPUs. A container's CPU quota (docker --cpus, Kubernetes
 # resources.limits.cpu) does not change this count: set WEB_CONCURRENCY there.
@@ -43,6 +58,7 @@ try:
         os.environ, "WEB_CONCURRENCY", default_workers, maximum=MAX_WORKERS
     )
     threads = env_int(os.environ, "GUNICORN_THREADS", 4, maximum=MAX_THREADS)
+    loglevel = env_choice(os.environ, "LOG_LEVEL", "info", LOG_LEVELS)
 except ConfigError as error:
     sys.exit(f"Error: {error.message}")
 
@@ -95,9 +111,12 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "")
 # Gunicorn 25+ opens a control socket in $HOME by default: servers sharing a
 # home (tests, several services) would fight over it, and nothing here uses it.
 control_socket_disable = True
-# Log to stderr, where containers and process managers collect it.
-accesslog = "-"
+# Log to stderr, where containers and process managers collect it, in the
+# app's format (JSON lines in production: observability/logs.py). No access
+# log: the app writes a line per request, with its id, route and user
+# (``--access-logfile -`` adds Gunicorn's, in the same format).
 errorlog = "-"
+logger_class = "{{ cookiecutter.package_name }}.observability.logs.GunicornLogger"
 
 
 def on_starting(server: Arbiter) -> None:
@@ -116,6 +135,8 @@ def on_starting(server: Arbiter) -> None:
             "keys and cache, which silently disagree. Set REDIS_URL, or run one "
             "worker (WEB_CONCURRENCY=1)."
         )
+    # A fresh count for every server start, not the last run's.
+    metrics.empty_directory(os.environ["PROMETHEUS_MULTIPROC_DIR"])
     if server.cfg.forwarded_allow_ips and not config.TRUSTED_PROXIES:
         trusted = ",".join(server.cfg.forwarded_allow_ips)
         sys.exit(
@@ -124,6 +145,16 @@ def on_starting(server: Arbiter) -> None:
             "TRUSTED_PROXIES to the number of proxies that append X-Forwarded-For, "
             "or unset FORWARDED_ALLOW_IPS."
         )
+
+
+def child_exit(_server: Arbiter, worker: Worker) -> None:
+    """A worker is gone: its counters stay in the total, its live gauges go."""
+    metrics.worker_exited(worker.pid)
+
+
+def on_exit(_server: Arbiter) -> None:
+    if OWN_METRICS_DIRECTORY:
+        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def write_problem(

@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask
 
-from . import auth, bodies, database, resilience, security
+from . import auth, bodies, database, observability, resilience, security
 {%- if cookiecutter.use_celery == "yes" %}, tasks{% endif %}
 {%- if cookiecutter.web_ui == "yes" %}, web{% endif %}
 from .api import api_bp
@@ -33,6 +33,8 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     app.config.from_object(config)
     app.config.update(overrides)
     config.validate(app.config)
+    # First: everything after may log, and every request gets its id first.
+    observability.init_app(app)
 
     db.init_app(app)
     migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIRECTORY"])

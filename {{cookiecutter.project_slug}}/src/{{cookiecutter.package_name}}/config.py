@@ -7,6 +7,7 @@ process.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from collections.abc import Mapping
@@ -67,6 +68,11 @@ BROKER_SCHEMES = frozenset({"redis", "rediss", "amqp", "amqps", "pyamqp"})
 MAIL_BACKENDS = frozenset({"console", "file", "smtp"})
 MAIL_SECURITY = frozenset({"none", "starttls", "tls"})
 {%- endif %}
+LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
+LOG_FORMATS = frozenset({"json", "console"})
+# A METRICS_TOKEN shorter than this is refused in production.
+MIN_METRICS_TOKEN_LENGTH = 32
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
 
@@ -354,6 +360,9 @@ def broker_url(environ: Mapping[str, str], variable: str) -> str | None:
     return url
 
 
+{%- endif %}
+
+
 def env_choice(
     environ: Mapping[str, str], name: str, default: str, choices: frozenset[str]
 ) -> str:
@@ -364,7 +373,26 @@ def env_choice(
     if raw not in choices:
         raise ConfigError(f"{name}={raw!r} is not one of: {', '.join(sorted(choices))}")
     return raw
-{%- endif %}
+
+
+def networks(
+    environ: Mapping[str, str], name: str, default: tuple[Network, ...]
+) -> tuple[Network, ...]:
+    """Read a comma-separated list of networks (10.0.0.0/8, ::1), or fail naming it.
+
+    Set and empty means none.
+    """
+    if name not in environ:
+        return default
+    found = []
+    for item in env_list(environ, name) or []:
+        try:
+            found.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ConfigError(
+                f"{name}: {item!r} is not a network (for example 10.0.0.0/8 or ::1)"
+            ) from None
+    return tuple(found)
 
 
 def env_seconds(
@@ -468,6 +496,19 @@ class Config:
     RETRY_AFTER_UNAVAILABLE = 5
     # The name pages and documents show.
     SERVICE_NAME = {{ cookiecutter.project_name | python_string }}
+    # Logs (observability/logs.py): the lowest level written, and the format,
+    # console (readable) or json (one object per line, for log collectors).
+    LOG_LEVEL = "INFO"
+    LOG_FORMAT = "console"
+    # /metrics and the metrics behind it (observability/metrics.py).
+    METRICS_ENABLED = True
+    # Who may read /metrics: clients from these networks, or with the bearer
+    # token METRICS_TOKEN. Everyone, outside production.
+    METRICS_ALLOWED_NETWORKS: tuple[Network, ...] = (
+        ipaddress.ip_network("0.0.0.0/0"),
+        ipaddress.ip_network("::/0"),
+    )
+    METRICS_TOKEN: str | None = None
     # Serve /api/docs and /api/openapi.json.
     API_DOCS_ENABLED = True
     # Host names the app answers to (None: any). Set it behind a proxy that
@@ -524,7 +565,7 @@ class Config:
         },
     }
     # Flask-Caching: in-process by default, Redis with REDIS_URL.
-    CACHE_TYPE = "SimpleCache"
+    CACHE_TYPE = f"{__package__}.resilience.cache.MemoryCache"
     CACHE_DEFAULT_TIMEOUT = 60
     # The example upstream (services/pricing.py); unset: prices are unavailable.
     PRICING_URL: str | None = None
@@ -689,11 +730,28 @@ class Config:
         )
         self.TRUSTED_HOSTS = env_list(environ, "TRUSTED_HOSTS")
         self.CORS_ORIGINS = cors_origins(environ)
+        self.observability_settings(environ)
         self.resilience_settings(environ)
         self.auth_settings(environ)
 {%- if cookiecutter.use_celery == "yes" %}
         self.job_settings(environ)
 {%- endif %}
+
+    def observability_settings(self, environ: Mapping[str, str]) -> None:
+        """LOG_LEVEL, LOG_FORMAT, and who may read /metrics."""
+        self.LOG_LEVEL = env_choice(
+            environ, "LOG_LEVEL", self.LOG_LEVEL.lower(), LOG_LEVELS
+        ).upper()
+        self.LOG_FORMAT = env_choice(
+            environ, "LOG_FORMAT", self.LOG_FORMAT, LOG_FORMATS
+        )
+        self.METRICS_ENABLED = env_bool(
+            environ, "METRICS_ENABLED", default=self.METRICS_ENABLED
+        )
+        self.METRICS_ALLOWED_NETWORKS = networks(
+            environ, "METRICS_ALLOWED_NETWORKS", self.METRICS_ALLOWED_NETWORKS
+        )
+        self.METRICS_TOKEN = environ.get("METRICS_TOKEN", "").strip() or None
 
     def auth_settings(self, environ: Mapping[str, str]) -> None:
         """The token signing key and lifetimes, and the password policy."""
@@ -903,6 +961,10 @@ class ProductionConfig(Config):
     """Production: safe defaults, and a refusal to start with unsafe settings."""
 
     NAME = "production"
+    LOG_FORMAT = "json"
+    # No network by default: behind a proxy on the same host, every request
+    # would come from 127.0.0.1. Set METRICS_ALLOWED_NETWORKS or METRICS_TOKEN.
+    METRICS_ALLOWED_NETWORKS: tuple[Network, ...] = ()
     SESSION_COOKIE_SECURE = True
     PREFERRED_URL_SCHEME = "https"
     SECURITY_HEADERS: ClassVar[dict[str, str]] = {
@@ -935,6 +997,12 @@ class ProductionConfig(Config):
             )
         if config.get("TESTING"):
             raise ConfigError("TESTING is on: production must not run in testing mode")
+        token = config.get("METRICS_TOKEN")
+        if token and len(token) < MIN_METRICS_TOKEN_LENGTH:
+            raise ConfigError(
+                f"METRICS_TOKEN is shorter than {MIN_METRICS_TOKEN_LENGTH} characters: "
+                f"use a random one, such as {RANDOM_KEY_COMMAND} prints"
+            )
         if not config.get("JWT_PRIVATE_KEY"):
             raise ConfigError(
                 "JWT_PRIVATE_KEY is not set (nor JWT_PRIVATE_KEY_FILE): production "

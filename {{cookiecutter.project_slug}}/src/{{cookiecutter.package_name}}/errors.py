@@ -3,14 +3,16 @@
 HTTP errors keep their status and headers (Allow, Retry-After, ...); request
 validation failures name the bad fields (a bounded list that never echoes input);
 anything unexpected is logged with its traceback and answered with a bare 500
-that reveals nothing.
+that reveals nothing. Every problem carries the request's id (an RFC 9457
+extension member), so that a client can quote it and an operator find its
+log lines.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 from pydantic import BaseModel, ConfigDict, ValidationError
 from werkzeug.exceptions import HTTPException
 from werkzeug.http import HTTP_STATUS_CODES
@@ -41,6 +43,8 @@ class Problem(BaseModel):
     title: str
     status: int
     detail: str
+    # The X-Request-ID of the answer (observability puts it on g).
+    request_id: str | None = None
 
 
 class ValidationProblem(Problem):
@@ -98,15 +102,24 @@ def problem_response(
     unless the error that caused it carries its own Retry-After).
     """
     title = title_of(status)
+    request_id = g.get("request_id")
     problem: Problem
     if errors is None:
-        problem = Problem(title=title, status=status, detail=detail)
+        problem = Problem(
+            title=title, status=status, detail=detail, request_id=request_id
+        )
     else:
         problem = ValidationProblem(
-            title=title, status=status, detail=detail, errors=errors
+            title=title,
+            status=status,
+            detail=detail,
+            errors=errors,
+            request_id=request_id,
         )
     response = current_app.response_class(
-        problem.model_dump_json(), status=status, mimetype=PROBLEM_MEDIA_TYPE
+        problem.model_dump_json(exclude_none=True),
+        status=status,
+        mimetype=PROBLEM_MEDIA_TYPE,
     )
     if status in RETRYABLE_STATUSES:
         response.headers["Retry-After"] = str(

@@ -22,6 +22,7 @@ from .principal import (
     authenticated,
     client_identity,
     current_principal,
+    known_principal,
     require,
 )
 from .users import user_registered
@@ -41,6 +42,7 @@ __all__ = [
     "authenticated",
     "current_principal",
     "init_app",
+    "known_principal",
     "require",
     "user_registered",
 ]

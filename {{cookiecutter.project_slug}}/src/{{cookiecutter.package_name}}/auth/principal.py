@@ -87,6 +87,12 @@ def current_principal() -> Principal | None:
     return found
 
 
+def known_principal() -> Principal | None:
+    """The caller this request has verified so far, if any; verifies nothing."""
+    found: Principal | None = request.environ.get(PRINCIPAL_KEY)
+    return found
+
+
 def authenticate() -> Principal | None:
     """Verify the request's credential; a failure is remembered for require()."""
     environ = request.environ

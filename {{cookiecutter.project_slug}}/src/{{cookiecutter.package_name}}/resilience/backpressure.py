@@ -18,6 +18,7 @@ from typing import TypeVar
 from flask import Flask, g
 from werkzeug.exceptions import ServiceUnavailable
 
+from . import events
 from .views import routed_view
 
 EXTENSION_KEY = "backpressure"
@@ -77,6 +78,7 @@ def admit(in_flight: InFlight) -> None:
     if getattr(routed_view(), NEVER_SHED_ATTRIBUTE, False):
         return
     if not in_flight.try_enter():
+        events.report(events.load_shed)
         raise LoadShed
     g.setdefault(ADMITTED, in_flight)
 

@@ -25,11 +25,12 @@ from typing import Any, NoReturn, TypeVar
 
 import pybreaker
 import redis
-from flask import Flask, current_app
+from flask import Flask, current_app, has_app_context
 from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.utils import import_string
 
 from ..config import ConfigError
+from . import events
 from .store import RedisStore
 
 EXTENSION_KEY = "breakers"
@@ -219,7 +220,7 @@ class ConcurrentBreaker(pybreaker.CircuitBreaker):
 
 
 class LoggingListener(pybreaker.CircuitBreakerListener):
-    """Logs every state change; metrics attach to the same hook."""
+    """Logs every state change and reports it (observability counts it)."""
 
     def state_change(
         self,
@@ -233,6 +234,8 @@ class LoggingListener(pybreaker.CircuitBreakerListener):
             old_state.name if old_state else "new",
             new_state.name,
         )
+        if has_app_context():
+            events.report(events.breaker_changed, breaker=cb.name, state=new_state.name)
 
 
 @dataclass

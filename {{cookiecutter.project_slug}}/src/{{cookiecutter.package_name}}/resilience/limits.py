@@ -34,6 +34,7 @@ from limits import RateLimitItem, parse_many
 from limits.storage import RedisStorage
 from werkzeug.exceptions import TooManyRequests
 
+from . import events
 from .store import RedisStore
 from .views import routed_view
 
@@ -264,6 +265,7 @@ def enforce(policy: str, identity: str | None = None) -> None:
     if state.exceeded:
         # The RateLimit headers describe the limit that refused the request.
         setattr(g, STATE_KEY, state)
+        events.report(events.rate_limited, policy=policy)
         raise TooManyRequests(
             f"Rate limit exceeded: {state.amount} per {state.window} seconds.",
             retry_after=state.reset,
@@ -296,9 +298,15 @@ def has_own_limit() -> bool:
 POLICY_ATTRIBUTE = "resilience_policy"
 
 
+def default_limit_breached(_limit: RequestLimit) -> None:
+    """Flask-Limiter refused a request (default limit or its own decorators)."""
+    events.report(events.rate_limited, policy="default")
+
+
 limiter = Limiter(
     key_func=client_identity,
     default_limits=[default_limit],
+    on_breach=default_limit_breached,
     # A Redis outage must not fail requests: count in memory meanwhile.
     in_memory_fallback_enabled=True,
     swallow_errors=True,

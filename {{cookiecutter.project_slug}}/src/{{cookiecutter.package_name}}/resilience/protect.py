@@ -22,7 +22,7 @@ from flask.typing import ResponseReturnValue
 from limits import parse_many
 
 from ..config import ConfigError
-from . import idempotency
+from . import events, idempotency
 from .breakers import breakers_of
 from .limits import POLICY_ATTRIBUTE, enforce
 
@@ -101,6 +101,7 @@ def run_once(key: str, call: Callable[[], ResponseReturnValue]) -> Response:
     ]
     reservation = idempotency.begin(keys, key)
     if reservation.decision == "replay":
+        events.report(events.idempotent_replay)
         return idempotency.replay(reservation.record)
     if reservation.decision != "run":
         idempotency.refuse(reservation)

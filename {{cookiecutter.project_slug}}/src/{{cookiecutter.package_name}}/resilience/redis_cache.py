@@ -8,7 +8,7 @@
 - It uses the app's shared Redis pool and key prefix.
 
 config.py selects it (CACHE_TYPE) when REDIS_URL is set; without Redis the
-cache is Flask-Caching's SimpleCache (NullCache under test).
+cache is cache.py's MemoryCache (NullCache under test).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from cachelib.serializers import RedisSerializer
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache
 
+from .cache import counted
 from .store import RedisGate, redis_store
 
 T = TypeVar("T")
@@ -110,8 +111,10 @@ class SafeRedisCache(RedisCache):
             self._missed_writes = False
 
     def get(self, key: str) -> Any:
-        return self._safely(
-            lambda: super(SafeRedisCache, self).get(key), None, write=False
+        return counted(
+            self._safely(
+                lambda: super(SafeRedisCache, self).get(key), None, write=False
+            )
         )
 
     def get_many(self, *keys: str) -> list[Any]:

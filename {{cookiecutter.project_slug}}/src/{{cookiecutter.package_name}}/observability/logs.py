@@ -1,0 +1,257 @@
+"""Structured logs: one line per event, JSON in production, readable in development.
+
+Every logger of the process, the app's own (structlog or ``logging``), Flask's,
+Gunicorn's and Celery's, goes through one handler on the root logger whose
+formatter runs the same processors: the request (or task) context, the level,
+the logger's name, a UTC timestamp, then redaction. Redaction works twice:
+fields whose name says they hold a credential (password, token, api_key,
+authorization, cookie, secret, ...) are replaced, and the values of this
+app's own secrets (SECRET_KEY, the JWT key, passwords inside URLs, ...) are
+cut out of the finished line, wherever a message put them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any, TextIO
+from urllib.parse import urlsplit
+
+import structlog
+from gunicorn import glogging
+from structlog.typing import EventDict, Processor, WrappedLogger
+
+LOG_FORMATS = ("json", "console")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+REDACTED = "[redacted]"
+# Field names that hold a credential, wherever they appear in a line.
+SECRET_FIELD = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[_-]?key|authori[sz]ation|cookie"
+    r"|session|credential|private[_-]?key|signature",
+    re.IGNORECASE,
+)
+# A secret shorter than this is not searched for in lines (it would match
+# ordinary text); the settings that hold secrets refuse such values anyway.
+SHORTEST_SECRET = 8
+
+# Processors added by other parts (tracing adds the trace and span ids).
+_extra_processors: list[Processor] = []
+# The current app's secret values, cut out of every line.
+_secrets: tuple[str, ...] = ()
+
+
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is now (a test may have replaced it)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        """StreamHandler assigns its stream; the current sys.stderr is used."""
+
+
+def add_processor(processor: Processor) -> None:
+    """Run `processor` on every line from now on (once, however often called)."""
+    if processor not in _extra_processors:
+        _extra_processors.append(processor)
+
+
+def run_extra_processors(
+    logger: WrappedLogger, method: str, event_dict: EventDict
+) -> EventDict:
+    for processor in _extra_processors:
+        event_dict = processor(logger, method, event_dict)  # type: ignore[assignment]
+    return event_dict
+
+
+def redact(value: Any) -> Any:
+    """`value` with every credential-named field, at any depth, replaced."""
+    if isinstance(value, Mapping):
+        return {
+            key: REDACTED if SECRET_FIELD.search(str(key)) else redact(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [redact(item) for item in value]
+    return value
+
+
+def redact_fields(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    for key, value in event_dict.items():
+        if key.startswith("_"):
+            continue  # structlog's own bookkeeping (the stdlib record)
+        if SECRET_FIELD.search(key):
+            event_dict[key] = REDACTED
+        elif isinstance(value, Mapping | list | tuple):
+            event_dict[key] = redact(value)
+    return event_dict
+
+
+def gunicorn_access_fields(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    """Gunicorn's access lines as fields; the query string is left out."""
+    record = event_dict.get("_record")
+    if record is None or record.name != "gunicorn.access":
+        return event_dict
+    atoms = record.args
+    if not isinstance(atoms, Mapping):
+        return event_dict
+    event_dict.update(
+        event="access",
+        remote=atoms["h"],
+        method=atoms["m"],
+        path=atoms["U"],
+        status=atoms["s"],
+        bytes=atoms["B"],
+        duration_ms=round(int(atoms["D"]) / 1000, 3),
+        request_id=atoms["{x-request-id}o"],
+    )
+    return event_dict
+
+
+class Scrubbed:
+    """A renderer whose output has the app's secret values cut out."""
+
+    def __init__(self, renderer: Processor) -> None:
+        self.renderer = renderer
+
+    def __call__(
+        self, logger: WrappedLogger, method: str, event_dict: EventDict
+    ) -> str:
+        line = str(self.renderer(logger, method, event_dict))
+        for secret in _secrets:
+            if secret in line:
+                line = line.replace(secret, REDACTED)
+        return line
+
+
+SHARED_PROCESSORS: list[Processor] = [
+    structlog.contextvars.merge_contextvars,
+    structlog.stdlib.add_log_level,
+    structlog.stdlib.add_logger_name,
+    structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    gunicorn_access_fields,
+    run_extra_processors,
+    redact_fields,
+]
+
+
+def formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
+    """The formatter of every line: `log_format` is json or console."""
+    renderer: Processor
+    if log_format == "json":
+        tail: list[Processor] = [
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ]
+    else:
+        tail = [
+            structlog.dev.ConsoleRenderer(
+                colors=False, exception_formatter=structlog.dev.plain_traceback
+            )
+        ]
+    *steps, renderer = tail
+    return structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=SHARED_PROCESSORS,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            *steps,
+            Scrubbed(renderer),
+        ],
+    )
+
+
+def remember_secrets(values: Iterable[str | None]) -> None:
+    """Cut these values out of every line from now on (replacing earlier ones)."""
+    global _secrets  # noqa: PLW0603 - logging is configured once per process
+    _secrets = tuple(
+        sorted(
+            {value for value in values if value and len(value) >= SHORTEST_SECRET},
+            key=len,
+            reverse=True,  # longest first: a secret may contain another
+        )
+    )
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Send every logger through one handler on the root logger.
+
+    Idempotent: the handler is installed once and then updated, and handlers
+    that others added to the root logger (a test runner's) are left alone.
+    """
+    structlog.configure(
+        processors=[
+            *SHARED_PROCESSORS,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    root = logging.getLogger()
+    handler = next(
+        (found for found in root.handlers if isinstance(found, StderrHandler)), None
+    )
+    if handler is None:
+        handler = StderrHandler()
+        root.addHandler(handler)
+    handler.setFormatter(formatter(log_format))
+    root.setLevel(level)
+    # The development server's request lines repeat the app's own (and would
+    # print query strings): only its warnings stay.
+    logging.getLogger("werkzeug").setLevel(max(logging.WARNING, root.level))
+
+
+def secrets_of(config: Mapping[str, Any]) -> list[str]:
+    """The secret values in an app's settings, to cut out of every line."""
+    found = [
+        config.get(name)
+        for name in ("SECRET_KEY", "MAIL_PASSWORD", "METRICS_TOKEN")
+        if isinstance(config.get(name), str)
+    ]
+    # A PEM key: each line of its body (a message may quote one line).
+    pem = config.get("JWT_PRIVATE_KEY") or ""
+    found += [line for line in pem.splitlines() if line and "-----" not in line]
+    for provider in (config.get("OIDC_PROVIDERS") or {}).values():
+        found.append(provider.get("client_secret"))
+    for name in ("SQLALCHEMY_DATABASE_URI", "REDIS_URL", "CELERY_BROKER_URL"):
+        url = config.get(name)
+        if isinstance(url, str):
+            with contextlib.suppress(ValueError):
+                found.append(urlsplit(url).password)
+    return [value for value in found if isinstance(value, str)]
+
+
+class GunicornLogger(glogging.Logger):
+    """Gunicorn's error log (and access log, when enabled) in the app's format.
+
+    ``logger_class`` in gunicorn.conf.py, which sets the level from LOG_LEVEL;
+    LOG_FORMAT chooses json (the default) or console, as for the app. The
+    access log is off by default: the app writes one line per request, with
+    its id, route, status, duration and user.
+    """
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        chosen = os.environ.get("LOG_FORMAT", "json")
+        log_format = chosen if chosen in LOG_FORMATS else "json"
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(formatter(log_format))
+
+
+def get_logger(name: str) -> Any:
+    """A structlog logger: ``log.info("event", key=value)``."""
+    return structlog.stdlib.get_logger(name)

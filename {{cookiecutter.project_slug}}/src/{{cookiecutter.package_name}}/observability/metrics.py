@@ -1,0 +1,173 @@
+"""Prometheus metrics: what the service did, by route template, never by raw path.
+
+Labels take bounded values only: the method (the standard ones, else
+"other"), the route's template (``/api/v1/items/<int:item_id>``, or
+"unmatched" for any path no route serves), the status code, and names from
+the configuration (policies, breakers, tasks). A thousand distinct 404s add
+no series.
+
+Under Gunicorn each worker is a process of its own: gunicorn.conf.py points
+PROMETHEUS_MULTIPROC_DIR at a directory emptied at every server start, each
+worker writes its values there, and /metrics adds up every worker's, the
+dead ones' included (a counter never goes back when a worker is replaced).
+Without it (``flask run``, tests), values live in the app's own registry.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from flask import Flask
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.registry import Collector
+
+from ..resilience import breakers_of
+
+EXTENSION_KEY = "metrics"
+MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+STANDARD_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
+)
+UNMATCHED_ROUTE = "unmatched"
+# Seconds: from a cached read (a few ms) to the longest deadline (30 s).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BREAKER_STATES = ("closed", "half-open", "open")
+
+
+class Metrics:
+    """The app's metrics, created on `registry` (the app's own)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter(
+            "http_requests",
+            "Requests answered, by method, route template and status.",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "http_request_duration_seconds",
+            "Time from the request's arrival in the app to its answer.",
+            ["method", "route", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "rate_limit_rejections",
+            "Requests refused with 429, by the policy that refused them.",
+            ["policy"],
+            registry=registry,
+        )
+        self.load_shed = Counter(
+            "load_shed",
+            "Requests refused with 503 because the worker was at MAX_IN_FLIGHT.",
+            ["route"],
+            registry=registry,
+        )
+        self.idempotent_replays = Counter(
+            "idempotent_replays",
+            "Answers replayed for a repeated Idempotency-Key.",
+            ["route"],
+            registry=registry,
+        )
+        self.breaker_transitions = Counter(
+            "circuit_breaker_transitions",
+            "Circuit breaker state changes, by breaker and new state.",
+            ["breaker", "state"],
+            registry=registry,
+        )
+        self.cache_lookups = Counter(
+            "cache_lookups",
+            "Cache reads, by result (hit or miss).",
+            ["result"],
+            registry=registry,
+        )
+        self.tasks = Counter(
+            "celery_tasks",
+            "Background task runs, by task and outcome.",
+            ["task", "outcome"],
+            registry=registry,
+        )
+
+
+class BreakerStates(Collector):
+    """circuit_breaker_state: read from the breakers (Redis when shared) on scrape."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    @staticmethod
+    def family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "circuit_breaker_state",
+            "1 for each breaker's current state (closed, half-open, open), else 0.",
+            labels=["breaker", "state"],
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric's name and type, without reading the breakers."""
+        yield self.family()
+
+    def collect(self) -> Iterator[Metric]:
+        family = self.family()
+        for name, report in breakers_of(self.app).report().items():
+            for state in BREAKER_STATES:
+                family.add_metric([name, state], 1.0 if report.state == state else 0.0)
+        yield family
+
+
+def multiprocess_directory() -> str | None:
+    """PROMETHEUS_MULTIPROC_DIR, when this process shares metrics with others."""
+    return os.environ.get(MULTIPROCESS_VARIABLE) or None
+
+
+def exposition_registry(app: Flask) -> CollectorRegistry:
+    """What /metrics reports: every process's values, or this app's own."""
+    directory = multiprocess_directory()
+    if directory is None:
+        return metrics_of(app).registry
+    registry = CollectorRegistry(auto_describe=True)
+    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    registry.register(BreakerStates(app))
+    return registry
+
+
+def empty_directory(directory: str | Path) -> None:
+    """Create `directory`, or remove the values a previous server left in it."""
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
+
+def worker_exited(pid: int) -> None:
+    """Drop a dead process's live gauges; its counters keep counting."""
+    directory = multiprocess_directory()
+    if directory is not None:
+        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+
+
+def init_app(app: Flask) -> Metrics:
+    registry = CollectorRegistry(auto_describe=True)
+    metrics = Metrics(registry)
+    registry.register(BreakerStates(app))
+    app.extensions[EXTENSION_KEY] = metrics
+    return metrics
+
+
+def metrics_of(app: Flask) -> Metrics:
+    """The metrics of `app`."""
+    found: Metrics = app.extensions[EXTENSION_KEY]
+    return found
+
+
+def route_of(rule: str | None) -> str:
+    return rule or UNMATCHED_ROUTE
+
+
+def method_of(method: str) -> str:
+    return method if method in STANDARD_METHODS else "other"
