@@ -165,6 +165,9 @@ def problem(response: Any, status: int) -> dict[str, Any]:
     assert response.mimetype == PROBLEM_MEDIA_TYPE
     body: dict[str, Any] = response.json
     assert body["status"] == status
+    # Every problem names its request, as the response's header does; the
+    # rest of the document is returned for the test to compare.
+    assert body.pop("request_id") == response.headers["X-Request-ID"]
     return body
 
 

@@ -40,6 +40,7 @@ def test_unknown_url_is_a_404_problem(client: FlaskClient) -> None:
         "title": "Not Found",
         "status": 404,
         "detail": body["detail"],
+        "request_id": response.headers["X-Request-ID"],
     }
     assert "not found" in body["detail"].lower()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import (
     PASSWORD,
@@ -94,6 +95,16 @@ class Answer:
 class Server:
     process: subprocess.Popen[str]
     port: int
+    # Its stderr: a file, not a pipe, which a chatty server would fill and block on.
+    log: Path
+
+    def output(self) -> str:
+        """What the server has written to stderr so far."""
+        return self.log.read_text()
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Its log lines, each a JSON object (production's format)."""
+        return [json.loads(line) for line in self.output().splitlines() if line]
 
     def request(
         self,
@@ -146,7 +157,7 @@ class Server:
 
 
 @pytest.fixture
-def start_server() -> Iterator[Any]:
+def start_server(tmp_path: Path) -> Iterator[Any]:
     """Start Gunicorn with the project's config; every server is stopped after."""
     servers: list[Server] = []
 
@@ -155,19 +166,21 @@ def start_server() -> Iterator[Any]:
         port = free_port()
         env = server_env(port, **variables)
         env["GUNICORN_CMD_ARGS"] += f" {args}"
-        process = subprocess.Popen(  # noqa: S603 - a fixed command line
-            [*SERVER, "wsgi:application"],
-            cwd=PROJECT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        server = Server(process, port)
+        log = tmp_path / f"gunicorn-{port}.log"
+        with log.open("w") as stderr:
+            process = subprocess.Popen(  # noqa: S603 - a fixed command line
+                [*SERVER, "wsgi:application"],
+                cwd=PROJECT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                text=True,
+            )
+        server = Server(process, port, log)
         servers.append(server)
         deadline = time.monotonic() + START_TIMEOUT
         while True:
-            assert process.poll() is None, process.communicate()[1]
+            assert process.poll() is None, server.output()
             try:
                 if server.request("GET", "/health/live").status == 200:
                     return server
@@ -180,8 +193,6 @@ def start_server() -> Iterator[Any]:
         if server.process.poll() is None:
             server.process.kill()
             server.process.wait(timeout=15)
-        if server.process.stderr:
-            server.process.stderr.close()
 
 
 def run_server(**variables: str) -> subprocess.CompletedProcess[str]:
@@ -484,8 +495,7 @@ def test_sigterm_lets_the_requests_in_flight_finish(
     assert [answer.json()["stale"] for answer in finished] == [False] * in_flight
     assert pricing_upstream.peak == in_flight
     assert server.process.wait(timeout=45) == 0
-    assert server.process.stderr is not None
-    log = server.process.stderr.read()
+    log = server.output()
     workers = [int(pid) for pid in re.findall(r"Booting worker with pid: (\d+)", log)]
     assert len(workers) == 1, log
     for pid in workers:  # reaped by the master, not left behind
@@ -779,4 +789,112 @@ def test_redis_dying_mid_traffic_fails_no_request(
     assert set(served) <= {200, 201}, sorted(set(served))
     assert {answer.status for answer in keyed} == {201}
     assert server.request("GET", "/health/ready").status == 200
+    assert server.stop() == 0
+
+
+# --- Logs and metrics of the production server ---------------------------------
+
+
+def test_production_logs_are_json_lines_with_request_ids(
+    start_server: Any, production_database: str
+) -> None:
+    server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
+    answer = server.request("GET", "/api/v1/items", headers={"X-Request-ID": "gw-1"})
+    assert answer.headers["X-Request-ID"] == "gw-1"
+    assert server.request("GET", "/metrics").status == 403  # not public
+    assert server.stop() == 0
+    lines = server.lines()  # every line parses as JSON
+    booted = [line for line in lines if "Booting worker" in line["event"]]
+    assert booted
+    assert booted[0]["logger"] == "gunicorn.error"
+    (request,) = [line for line in lines if line.get("request_id") == "gw-1"]
+    assert (request["event"], request["status"]) == ("request", 200)
+    assert request["pid"] == booted[0]["pid"] != server.process.pid
+
+
+def test_gunicorns_access_log_can_be_turned_on_in_the_same_format(
+    start_server: Any, production_database: str, tmp_path: Path
+) -> None:
+    access_log = tmp_path / "access.log"  # "-" would be the server's stdout
+    server = start_server(
+        f"--access-logfile {access_log}",
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+    )
+    server.request("GET", "/api/v1/items?page=2", headers={"X-Request-ID": "acc-1"})
+    assert server.stop() == 0
+    lines = [json.loads(line) for line in access_log.read_text().splitlines()]
+    (access,) = [line for line in lines if line["request_id"] == "acc-1"]
+    assert access["logger"] == "gunicorn.access"
+    assert (access["path"], access["status"]) == ("/api/v1/items", "200")
+    assert access["request_id"] == "acc-1"
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample of a Prometheus exposition (0 when it is absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and labels.items() <= sample.labels.items():
+                return float(sample.value)
+    return 0.0
+
+
+@needs_redis
+def test_metrics_add_up_across_workers_and_outlive_a_dead_one(
+    start_server: Any,
+    production_database: str,
+    redis_settings: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_999999.db").write_bytes(b"left by an earlier server")
+    token = "t" * 8 + "Z3vQ9xT4mWz7Lr2Pb6Yc1Nd8Hs5Jf0G"
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        WEB_CONCURRENCY="2",
+        METRICS_TOKEN=token,
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
+        **redis_settings,
+    )
+    assert not (directory / "counter_999999.db").exists()  # emptied at start
+    scrape = {"Authorization": f"Bearer {token}"}
+    sent = 0
+    pids: set[int] = set()
+    deadline = time.monotonic() + 60
+    # Concurrent requests on fresh connections, until both workers served some.
+    while len(pids) < 2:
+        assert time.monotonic() < deadline, "one worker served every request"
+        with ThreadPoolExecutor(max_workers=12) as pool:
+            statuses = list(
+                pool.map(
+                    lambda _: server.request("GET", "/api/v1/items").status, range(24)
+                )
+            )
+        assert statuses == [200] * 24
+        sent += 24
+        pids = {
+            line["pid"]
+            for line in server.lines()
+            if line["event"] == "request" and line["route"] == "/api/v1/items"
+        }
+    text = server.request("GET", "/metrics", headers=scrape).body.decode()
+    labels = {"method": "GET", "route": "/api/v1/items", "status": "200"}
+    assert metric_value(text, "http_requests_total", **labels) == sent
+    assert metric_value(text, "http_request_duration_seconds_count", **labels) == sent
+
+    # A worker that dies keeps its counts in the total; its replacement adds on.
+    os.kill(pids.pop(), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if server.request("GET", "/api/v1/items").status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "no worker answered after the kill"
+        time.sleep(0.1)
+    text = server.request("GET", "/metrics", headers=scrape).body.decode()
+    assert metric_value(text, "http_requests_total", **labels) == sent + 1
     assert server.stop() == 0

@@ -98,14 +98,26 @@ def redact_fields(
     return event_dict
 
 
+def add_process_id(
+    _logger: WrappedLogger, _method: str, event_dict: EventDict
+) -> EventDict:
+    """The process: which of several Gunicorn or Celery workers wrote the line."""
+    event_dict["pid"] = os.getpid()
+    return event_dict
+
+
 def gunicorn_access_fields(
     _logger: WrappedLogger, _method: str, event_dict: EventDict
 ) -> EventDict:
-    """Gunicorn's access lines as fields; the query string is left out."""
+    """Gunicorn's access lines as fields; the query string is left out.
+
+    The arguments of every other stdlib record are dropped: its message has
+    them already.
+    """
+    atoms = event_dict.pop("positional_args", None)
     record = event_dict.get("_record")
     if record is None or record.name != "gunicorn.access":
         return event_dict
-    atoms = record.args
     if not isinstance(atoms, Mapping):
         return event_dict
     event_dict.update(
@@ -142,6 +154,7 @@ SHARED_PROCESSORS: list[Processor] = [
     structlog.stdlib.add_log_level,
     structlog.stdlib.add_logger_name,
     structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+    add_process_id,
     gunicorn_access_fields,
     run_extra_processors,
     redact_fields,
@@ -165,6 +178,8 @@ def formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
     *steps, renderer = tail
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=SHARED_PROCESSORS,
+        # For Gunicorn's access records, whose argument is a dict of fields.
+        pass_foreign_args=True,
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             *steps,

@@ -13,8 +13,11 @@ import re
 import time
 import uuid
 
+from typing import Any
+
 import structlog
 from flask import Flask, Response, current_app, g, request
+from sqlalchemy import inspect
 
 from ..auth import known_principal
 from .logs import get_logger
@@ -68,7 +71,6 @@ def finish(response: Response) -> Response:
         method = method_of(request.method)
         metrics.requests.labels(method, route, status).inc()
         metrics.latency.labels(method, route, status).observe(duration)
-    principal = known_principal()
     level = logging.DEBUG if request.path.startswith(QUIET_PREFIXES) else logging.INFO
     log.log(
         level,
@@ -77,9 +79,22 @@ def finish(response: Response) -> Response:
         path=request.path,
         status=status,
         duration_ms=round(duration * 1000, 3),
-        user_id=principal.user.id if principal is not None else None,
+        user_id=known_user_id(),
     )
     return response
+
+
+def known_user_id() -> Any:
+    """The verified caller's user id, read without a query.
+
+    After a failed transaction the user row is expired, and reading its
+    attributes would query the database again: its identity does not.
+    """
+    principal = known_principal()
+    if principal is None:
+        return None
+    identity = inspect(principal.user).identity
+    return identity[0] if identity else None
 
 
 def forget(_error: BaseException | None) -> None:

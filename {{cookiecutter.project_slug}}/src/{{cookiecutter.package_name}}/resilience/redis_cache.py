@@ -8,7 +8,7 @@
 - It uses the app's shared Redis pool and key prefix.
 
 config.py selects it (CACHE_TYPE) when REDIS_URL is set; without Redis the
-cache is cache.py's MemoryCache (NullCache under test).
+cache is memory_cache.py's MemoryCache (NullCache under test).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from cachelib.serializers import RedisSerializer
 from flask import Flask
 from flask_caching.backends.rediscache import RedisCache
 
-from .cache import counted
+from .memory_cache import counted
 from .store import RedisGate, redis_store
 
 T = TypeVar("T")

@@ -20,7 +20,14 @@ def counted(value: Any) -> Any:
 
 
 class MemoryCache(SimpleCache):
-    """SimpleCache whose reads are counted."""
+    """SimpleCache whose reads of one key are counted, as the Redis cache's are.
+
+    Reads of several keys at once (Flask-Caching's memoize reads its version
+    keys so) are not: they are bookkeeping, not lookups of a cached value.
+    """
 
     def get(self, key: str) -> Any:
         return counted(super().get(key))
+
+    def get_many(self, *keys: str) -> list[Any]:
+        return [super(MemoryCache, self).get(key) for key in keys]
