@@ -189,6 +189,18 @@ def test_an_unhandled_error_is_one_json_line_with_its_traceback(
     assert request["status"] == 500
 
 
+def test_the_development_servers_request_lines_give_way_to_the_apps(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    werkzeug = logging.getLogger("werkzeug")
+    werkzeug.info("%s - - [%s] %s", "127.0.0.1", "now", "banner")
+    werkzeug.info(
+        '%s - - [now] "%s" %s %s', "127.0.0.1", "GET /?token=x HTTP/1.1", 200, 5
+    )
+    (line,) = logged(capsys)
+    assert line["event"] == "127.0.0.1 - - [now] banner"
+
+
 def test_development_logs_are_readable_lines(
     make_app: AppFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:

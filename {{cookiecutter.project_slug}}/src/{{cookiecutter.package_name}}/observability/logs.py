@@ -200,6 +200,16 @@ def remember_secrets(values: Iterable[str | None]) -> None:
     )
 
 
+class NoDevServerRequests(logging.Filter):
+    """Drops the development server's request lines, keeping its other lines.
+
+    They repeat the app's own request line, and would print query strings.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return '"%s" %s %s' not in str(record.msg)
+
+
 def configure_logging(level: str, log_format: str) -> None:
     """Send every logger through one handler on the root logger.
 
@@ -224,9 +234,9 @@ def configure_logging(level: str, log_format: str) -> None:
         root.addHandler(handler)
     handler.setFormatter(formatter(log_format))
     root.setLevel(level)
-    # The development server's request lines repeat the app's own (and would
-    # print query strings): only its warnings stay.
-    logging.getLogger("werkzeug").setLevel(max(logging.WARNING, root.level))
+    werkzeug = logging.getLogger("werkzeug")
+    if not any(isinstance(found, NoDevServerRequests) for found in werkzeug.filters):
+        werkzeug.addFilter(NoDevServerRequests())
 
 
 def secrets_of(config: Mapping[str, Any]) -> list[str]:
