@@ -189,8 +189,9 @@ def test_an_unhandled_error_is_one_json_line_with_its_traceback(
     assert request["status"] == 500
 
 
+@pytest.mark.usefixtures("json_app")  # configures JSON lines
 def test_the_development_servers_request_lines_give_way_to_the_apps(
-    json_app: Flask, capsys: pytest.CaptureFixture[str]
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     werkzeug = logging.getLogger("werkzeug")
     werkzeug.info("%s - - [%s] %s", "127.0.0.1", "now", "banner")
