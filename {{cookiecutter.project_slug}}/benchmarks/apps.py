@@ -1,9 +1,11 @@
-"""The two apps the benchmark compares, each started by Gunicorn with gunicorn.conf.py.
+"""The apps the benchmark compares, each started by Gunicorn with gunicorn.conf.py.
 
 - ``bare()``: plain Flask, one view returning the constant JSON body.
 - ``stack()``: this service's create_app(), with the same body served by a view
   decorated exactly as the shipped views are (``protected`` and spectree's
   request and response validation), behind every hook the app installs.
+- ``unobserved()``: the stack without the observability request hooks (the
+  request id, the request's log line and its metrics), to measure their cost.
 
 Both also serve ``/bench/slow``, which waits on a stand-in upstream for
 BENCH_UPSTREAM_WAIT seconds (50 ms): the load the goodput figures are made with.
@@ -20,6 +22,7 @@ from pydantic import BaseModel
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.errors import Problem
 from {{ cookiecutter.package_name }}.extensions import spec
+from {{ cookiecutter.package_name }}.observability import requests as request_hooks
 from {{ cookiecutter.package_name }}.openapi import Responses
 from {{ cookiecutter.package_name }}.resilience import protected
 
@@ -75,4 +78,17 @@ def stack() -> Flask:
         return Status(status="ok", service="bench")
 
     app.register_blueprint(bench_bp)
+    return app
+
+
+def unobserved() -> Flask:
+    """The stack without its request id, request log line and request metrics.
+
+    Served with METRICS_ENABLED=false and LOG_LEVEL=WARNING too (run.py), so
+    that nothing else counts or writes a line per request either.
+    """
+    app = stack()
+    app.before_request_funcs[None].remove(request_hooks.start)
+    app.after_request_funcs[None].remove(request_hooks.finish)
+    app.teardown_request_funcs[None].remove(request_hooks.forget)
     return app

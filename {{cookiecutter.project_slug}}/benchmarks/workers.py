@@ -29,7 +29,6 @@ Needs wrk (``apt-get install wrk``, ``brew install wrk``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import statistics
 import sys
@@ -40,11 +39,12 @@ from pathlib import Path
 from benchmarks.run import (
     SLOW,
     WRK,
+    App,
     WrkRun,
     base_env,
     forget,
     redis_env,
-    serving,
+    serving_all,
     wrk,
 )
 
@@ -92,11 +92,9 @@ def measure(
 ) -> None:
     """Every model served at once, measured in alternating rounds, so that the
     machine's drift (other work, CPU frequency) hits each alike."""
-    with contextlib.ExitStack() as stack:
-        servers = [
-            stack.enter_context(serving(options.app, env | model.env(), model.args()))
-            for model in found
-        ]
+    with serving_all(
+        [App(options.app, env | model.env(), model.args()) for model in found]
+    ) as servers:
         if options.warmup:
             for server in servers:
                 wrk(server.url + SLOW, options.connections, options.warmup)

@@ -1,13 +1,31 @@
-"""The benchmark's apps and its reading of wrk (`make bench` itself prints figures)."""
+"""The benchmark's apps, its reading of wrk and of the server logs, and that
+`make bench` and `make profile` run (they print figures: none is checked)."""
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from benchmarks import apps
-from benchmarks.run import OpenLoopRun, Outcome, p99, parse_wrk, print_goodput
+from benchmarks import apps, profiling
+from benchmarks.run import (
+    PROC,
+    OpenLoopRun,
+    Outcome,
+    WrkRun,
+    children_cpu_seconds,
+    p99,
+    parse_wrk,
+    print_goodput,
+    request_lines,
+)
 
-from conftest import close_connections
+from conftest import PROJECT, close_connections
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/bench/constant
   1 threads and 3 connections
@@ -25,10 +43,28 @@ Transfer/sec:    460.00KB
 """
 
 
+needs_wrk = pytest.mark.skipif(
+    shutil.which("wrk") is None, reason="needs wrk: the benchmark drives Gunicorn"
+)
+
+
 @pytest.fixture(autouse=True)
 def no_wait(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BENCH_UPSTREAM_WAIT", "0")
     monkeypatch.setenv("APP_ENV", "testing")
+
+
+def bench_command(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """A benchmark module run from the project, as make runs it."""
+    return subprocess.run(  # noqa: S603 - a fixed command line
+        [sys.executable, "-m", *arguments],
+        cwd=PROJECT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("BENCH_")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("path", [apps.CONSTANT, apps.SLOW])
@@ -55,9 +91,51 @@ def test_the_stack_view_goes_through_every_layer() -> None:
     assert answer.headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_the_unobserved_stack_is_the_stack_without_request_hooks() -> None:
+    observed, unobserved = apps.stack(), apps.unobserved()
+    try:
+        with_hooks = observed.test_client().get(apps.CONSTANT)
+        without = unobserved.test_client().get(apps.CONSTANT)
+    finally:
+        close_connections(observed)
+        close_connections(unobserved)
+    assert with_hooks.get_data() == without.get_data() == apps.BODY
+    assert "X-Request-ID" in with_hooks.headers
+    assert "X-Request-ID" not in without.headers
+    assert without.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_request_lines_are_counted_in_a_server_log(tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    log.write_text(
+        '{"event": "request", "status": 200}\n'
+        '{"event": "Booting worker with pid: 7"}\n'
+        "a line that is not JSON\n"
+        '["event", "request"]\n'
+        '{"event": "request", "status": 503}\n'
+    )
+    assert request_lines(log) == 2
+
+
+@pytest.mark.skipif(not PROC.is_dir(), reason="reads /proc (Linux)")
+def test_the_cpu_time_of_child_processes_is_read() -> None:
+    burn = "import time\nwhile time.process_time() < 0.3: pass\nprint(flush=True)\n"
+    with subprocess.Popen(  # noqa: S603 - a fixed command line
+        [sys.executable, "-c", burn + "time.sleep(60)"], stdout=subprocess.PIPE
+    ) as child:
+        try:
+            assert child.stdout is not None
+            child.stdout.readline()  # it has used 0.3 s of CPU
+            used = children_cpu_seconds(os.getpid())
+        finally:
+            child.kill()
+    assert used is not None
+    assert used >= 0.25  # clock ticks are 10 ms; other children only add
+
+
 def test_wrk_output_is_read() -> None:
     run = parse_wrk(WRK_OUTPUT)
-    assert (run.rate, run.p99_ms, run.errors) == (2700.5, 0.812, 12)
+    assert run == WrkRun(rate=2700.5, p99_ms=0.812, errors=12, requests=27000)
 
 
 def test_unreadable_wrk_output_stops_the_benchmark() -> None:
@@ -80,3 +158,67 @@ def test_goodput_counts_successes_until_the_last_answer(
     assert "shed  25%" in line
     assert "failed or timed out 1" in line
     assert p99([5.0]) == 5.0
+
+
+@needs_wrk
+def test_the_benchmark_runs_end_to_end() -> None:
+    """Only the shape is checked: the stack logs each request, the others none."""
+    result = bench_command(
+        *("benchmarks.run", "--seconds=1", "--warmup=0", "--rounds=1"),
+        *("--skip-redis", "--skip-goodput"),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    labels = [line[9:25].strip() for line in lines if line.startswith("memory ")]
+    assert labels == ["bare", "stack", "stack unobserved", "stack quiet"]
+    written = re.search(r"the stack wrote (\d+) request lines", result.stdout)
+    assert written, result.stdout
+    assert int(written.group(1)) > 0
+    assert result.stdout.count("(0 request lines)") == 2, result.stdout
+
+
+def py_spy_refusal() -> str | None:
+    """Why py-spy cannot attach to a process beside it here, or None."""
+    if profiling.PY_SPY is None:
+        return "py-spy is not installed"
+    with subprocess.Popen(
+        [sys.executable, "-c", "import time; print(flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE,
+    ) as target:
+        try:
+            assert target.stdout is not None
+            target.stdout.readline()  # the interpreter is up
+            dump = subprocess.run(  # noqa: S603 - a fixed command line
+                [profiling.PY_SPY, "dump", "--pid", str(target.pid)],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+        finally:
+            target.kill()
+    if dump.returncode == 0:
+        return None
+    said = (dump.stderr or dump.stdout).strip().splitlines()
+    return f"py-spy cannot attach here (needs ptrace): {said[-1] if said else ''}"
+
+
+@needs_wrk
+def test_make_profile_writes_a_flame_graph(tmp_path: Path) -> None:
+    recipe = re.search(
+        r"^profile:.*\n\t(.*)\n", (PROJECT / "Makefile").read_text(), re.MULTILINE
+    )
+    assert recipe, "the Makefile has no profile target"
+    assert recipe.group(1) == "uv run python -m benchmarks.profiling"
+    if refusal := py_spy_refusal():
+        pytest.skip(refusal)
+    output = tmp_path / "profile.svg"
+    result = bench_command(
+        "benchmarks.profiling", "--seconds=2", "--warmup=0", f"--output={output}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"Flame graph: {output}" in result.stdout
+    graph = output.read_text()
+    assert graph.lstrip().startswith("<?xml") or "<svg" in graph[:2000]
+    # Samples of the worker's requests, not only of the idle master.
+    assert "flask/app.py" in graph

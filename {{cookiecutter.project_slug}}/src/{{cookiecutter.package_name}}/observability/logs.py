@@ -218,6 +218,8 @@ def configure_logging(level: str, log_format: str) -> None:
     """
     structlog.configure(
         processors=[
+            # A line below the level is dropped before anything is done for it.
+            structlog.stdlib.filter_by_level,
             *SHARED_PROCESSORS,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
