@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import uuid
 
 from gunicorn import util
 from gunicorn.arbiter import Arbiter
@@ -166,17 +167,21 @@ def write_problem(
     the app sees them, with an HTML page quoting what it refused; this answers
     in the API's one error shape instead, and quotes nothing the client sent.
     """
+    # An id of its own: the client's X-Request-ID was not read.
+    request_id = uuid.uuid4().hex
     body = json.dumps(
         {
             "type": "about:blank",
             "title": reason,
             "status": status,
             "detail": "The server could not read the request.",
+            "request_id": request_id,
         }
     ).encode()
     head = (
         f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\n"
-        f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+        f"Content-Type: {PROBLEM_MEDIA_TYPE}\r\nContent-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\n\r\n"
     )
     util.write_nonblock(client, head.encode("latin-1") + body)
 

@@ -457,8 +457,12 @@ def test_requests_gunicorn_refuses_get_problem_documents(
     problem = json.loads(body)
     assert problem["status"] == status
     assert problem["detail"] == "The server could not read the request."
+    # An id of its own (the client's was never read), as the header says.
+    assert f"X-Request-ID: {problem['request_id']}".encode() in head
     assert b"Secret" not in answer
     assert server.stop() == 0
+    # Gunicorn's warning quotes the refused line: never its query string.
+    assert "Secret" not in server.output()
 
 
 def test_sigterm_lets_the_requests_in_flight_finish(

@@ -283,6 +283,40 @@ def test_secrets_never_reach_a_log_line(
     assert written.count(logs.REDACTED) >= 4
 
 
+@pytest.mark.usefixtures("json_app")  # configures JSON lines
+def test_refused_request_lines_lose_their_query_string(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logging.getLogger("gunicorn.error").warning(
+        "Invalid request from ip=%s: %s",
+        "10.0.0.1",
+        "'GET /a?api_key=k1&x=\\t HTTP/1.1'",
+    )
+    (line,) = logged(capsys)
+    assert "k1" not in line["event"]
+    assert line["event"].endswith("'GET /a?[query removed] HTTP/1.1'")
+
+
+def test_a_token_in_a_path_is_cut_out(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    json_app.test_client().get(f"/api/v1/auth/me/{token}")
+    written = capsys.readouterr().err
+    assert token not in written
+    assert "/api/v1/auth/me/[redacted]" in written
+
+
+def test_failed_probes_and_scrapes_are_logged_at_info(
+    production_app: AppFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    app = production_app()
+    capsys.readouterr()
+    assert app.test_client().get("/metrics").status_code == 403
+    (line,) = request_lines(capsys)
+    assert (line["level"], line["status"]) == ("info", 403)
+
+
 def test_redaction_reaches_nested_fields() -> None:
     hidden = logs.REDACTED
     redacted = logs.redact({"a": [{"Set-Cookie": "x", "ok": 1}], "PASSWORD": "p"})

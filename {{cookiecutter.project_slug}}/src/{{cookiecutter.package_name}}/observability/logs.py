@@ -34,6 +34,11 @@ SECRET_FIELD = re.compile(
     r"|session|credential|private[_-]?key|signature",
     re.IGNORECASE,
 )
+# A query string inside a message (Gunicorn quotes the request lines it refuses).
+QUERY_STRING = re.compile(r"\?[^\s'\"]*")
+# A JWT (header.payload.signature, the header starting as base64url of '{"'),
+# wherever it appears: a client may put one in a path.
+JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]+")
 # A secret shorter than this is not searched for in lines (it would match
 # ordinary text); the settings that hold secrets refuse such values anyway.
 SHORTEST_SECRET = 8
@@ -116,6 +121,9 @@ def gunicorn_access_fields(
     """
     atoms = event_dict.pop("positional_args", None)
     record = event_dict.get("_record")
+    if record is not None and record.name == "gunicorn.error":
+        # Its refusals quote the request line they could not parse.
+        event_dict["event"] = QUERY_STRING.sub("?[query removed]", event_dict["event"])
     if record is None or record.name != "gunicorn.access":
         return event_dict
     if not isinstance(atoms, Mapping):
@@ -143,6 +151,8 @@ class Scrubbed:
         self, logger: WrappedLogger, method: str, event_dict: EventDict
     ) -> str:
         line = str(self.renderer(logger, method, event_dict))
+        if "eyJ" in line:
+            line = JWT.sub(REDACTED, line)
         for secret in _secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)

@@ -28,8 +28,11 @@ HEADER = "X-Request-ID"
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 ENVIRON_KEY = f"{__package__}.request_id"
 STARTED_KEY = f"{__package__}.started"
-# Probes and scrapes arrive every few seconds: their lines are DEBUG.
-QUIET_PREFIXES = ("/health/", "/metrics")
+# Probes and scrapes arrive every few seconds: their lines are DEBUG, unless
+# they failed (a refused scrape, a service that is not ready).
+QUIET_PATHS = frozenset(
+    {"/metrics", "/health/live", "/health/ready", "/health/startup"}
+)
 
 log = get_logger(f"{__package__}.requests")
 
@@ -70,7 +73,7 @@ def finish(response: Response) -> Response:
         method = method_of(request.method)
         metrics.requests.labels(method, route, status).inc()
         metrics.latency.labels(method, route, status).observe(duration)
-    level = logging.DEBUG if request.path.startswith(QUIET_PREFIXES) else logging.INFO
+    level = logging.DEBUG if quiet(request.path, status) else logging.INFO
     log.log(
         level,
         "request",
@@ -94,6 +97,10 @@ def known_user_id() -> Any:
         return None
     identity = inspect(principal.user).identity
     return identity[0] if identity else None
+
+
+def quiet(path: str, status: int) -> bool:
+    return path in QUIET_PATHS and status < 400
 
 
 def forget(_error: BaseException | None) -> None:
