@@ -25,6 +25,7 @@ SELECTED: dict[str, bool] = {
     "web_ui": ANSWERS["web_ui"] == "yes",
     "use_oauth": ANSWERS["use_oauth"] == "yes",
     "use_celery": ANSWERS["use_celery"] == "yes",
+    "use_opentelemetry": ANSWERS["use_opentelemetry"] == "yes",
     "ci": ANSWERS["ci"] == "github",
 }
 
@@ -45,6 +46,10 @@ FEATURE_PATHS: dict[str, list[str]] = {
         "tests/test_tasks.py",
         "tests/test_worker.py",
         "tests/fake_smtp.py",
+    ],
+    "use_opentelemetry": [
+        f"src/{ANSWERS['package_name']}/observability/tracing.py",
+        "tests/test_tracing.py",
     ],
     "ci": [".github"],
 }

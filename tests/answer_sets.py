@@ -68,6 +68,13 @@ CORE_FILES = (
     "src/{package}/api/docs.py",
     "src/{package}/health/__init__.py",
     "src/{package}/health/routes.py",
+    "src/{package}/observability/__init__.py",
+    "src/{package}/observability/logs.py",
+    "src/{package}/observability/metrics.py",
+    "src/{package}/observability/requests.py",
+    "src/{package}/observability/views.py",
+    "src/{package}/resilience/events.py",
+    "src/{package}/resilience/memory_cache.py",
     "tests/conftest.py",
     "tests/test_factory.py",
     "tests/test_config.py",
@@ -85,6 +92,7 @@ CORE_FILES = (
     "tests/test_resilience.py",
     "tests/test_redis.py",
     "tests/test_auth.py",
+    "tests/test_observability.py",
 )
 
 # Paths no bake may contain (template scaffolding the hooks consume).
@@ -120,6 +128,9 @@ CI_FILES = (".github/workflows/ci.yml",)
 CI_ABSENT = (".github",)
 # What an API-only project (web_ui=no) has nothing of.
 WEB_UI_ABSENT = ("src/{package}/web", "tests/test_web.py", "tests/test_browser.py")
+# Tracing with OpenTelemetry (use_opentelemetry=yes).
+OTEL_FILES = ("src/{package}/observability/tracing.py", "tests/test_tracing.py")
+OTEL_ABSENT = OTEL_FILES
 
 
 @dataclass(frozen=True)
@@ -134,19 +145,21 @@ class AnswerSet:
     mentions: dict[str, str] = field(default_factory=dict)
 
 
-# The four yes/no options (web_ui, use_oauth, use_celery, ci) meet in every
-# pair of values in at least one set: all on, all off, the defaults, and three
-# more (tests/test_answer_sets.py checks the pairs); python_version and the
-# license vary alongside. Every set gets the full checks, so sets stay few.
+# The five yes/no options (web_ui, use_oauth, use_celery, use_opentelemetry,
+# ci) meet in every pair of values in at least one set: all on, all off, the
+# defaults, and three more (tests/test_answer_sets.py checks the pairs);
+# python_version and the license vary alongside. Every set gets the full
+# checks, so sets stay few.
 ANSWER_SETS = {
     answer_set.name: answer_set
     for answer_set in (
         AnswerSet(
-            # web_ui yes, use_oauth no, use_celery yes, ci github.
+            # web_ui yes, use_oauth no, use_celery yes, use_opentelemetry no,
+            # ci github.
             name="default",
             answers={},
             present=("LICENSE", *WEB_UI_FILES, *CELERY_FILES, *CI_FILES),
-            absent=OIDC_FILES,
+            absent=(*OIDC_FILES, *OTEL_ABSENT),
             mentions={
                 "LICENSE": "MIT License",
                 "pyproject.toml": 'license = "MIT"',
@@ -166,9 +179,10 @@ ANSWER_SETS = {
                 "web_ui": "no",
                 "use_oauth": "yes",
                 "use_celery": "yes",
+                "use_opentelemetry": "yes",
                 "ci": "none",
             },
-            present=("LICENSE", *OIDC_FILES, *CELERY_FILES),
+            present=("LICENSE", *OIDC_FILES, *CELERY_FILES, *OTEL_FILES),
             absent=(*WEB_UI_ABSENT, *CI_ABSENT),
             mentions={
                 "LICENSE": "Apache License",
@@ -186,10 +200,17 @@ ANSWER_SETS = {
                 "web_ui": "no",
                 "use_oauth": "no",
                 "use_celery": "no",
+                "use_opentelemetry": "no",
                 "ci": "none",
             },
             present=("LICENSE",),
-            absent=(*WEB_UI_ABSENT, *OIDC_FILES, *CELERY_ABSENT, *CI_ABSENT),
+            absent=(
+                *WEB_UI_ABSENT,
+                *OIDC_FILES,
+                *CELERY_ABSENT,
+                *OTEL_ABSENT,
+                *CI_ABSENT,
+            ),
             mentions={"LICENSE": "BSD 3-Clause License"},
         ),
         AnswerSet(
@@ -205,9 +226,16 @@ ANSWER_SETS = {
                 "web_ui": "yes",
                 "use_oauth": "yes",
                 "use_celery": "yes",
+                "use_opentelemetry": "yes",
                 "ci": "github",
             },
-            present=(*WEB_UI_FILES, *OIDC_FILES, *CELERY_FILES, *CI_FILES),
+            present=(
+                *WEB_UI_FILES,
+                *OIDC_FILES,
+                *CELERY_FILES,
+                *OTEL_FILES,
+                *CI_FILES,
+            ),
             absent=("LICENSE",),
             mentions={"pyproject.toml": "Private :: Do Not Upload"},
         ),
@@ -218,10 +246,11 @@ ANSWER_SETS = {
                 "web_ui": "yes",
                 "use_oauth": "yes",
                 "use_celery": "no",
+                "use_opentelemetry": "no",
                 "ci": "none",
             },
             present=("LICENSE", *WEB_UI_FILES, *OIDC_FILES),
-            absent=(*CELERY_ABSENT, *CI_ABSENT),
+            absent=(*CELERY_ABSENT, *OTEL_ABSENT, *CI_ABSENT),
         ),
         AnswerSet(
             name="api-ci-no-jobs",
@@ -232,9 +261,10 @@ ANSWER_SETS = {
                 "web_ui": "no",
                 "use_oauth": "no",
                 "use_celery": "no",
+                "use_opentelemetry": "yes",
                 "ci": "github",
             },
-            present=("LICENSE", *CI_FILES),
+            present=("LICENSE", *OTEL_FILES, *CI_FILES),
             absent=(*WEB_UI_ABSENT, *OIDC_FILES, *CELERY_ABSENT),
         ),
     )

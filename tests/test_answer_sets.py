@@ -26,7 +26,7 @@ def values(answers: dict[str, str]) -> dict[str, str]:
 
 
 def test_the_switches_are_the_known_options() -> None:
-    assert SWITCHES == ["ci", "use_celery", "use_oauth", "web_ui"]
+    assert SWITCHES == ["ci", "use_celery", "use_oauth", "use_opentelemetry", "web_ui"]
 
 
 def test_every_pair_of_switch_values_is_baked() -> None:
@@ -43,7 +43,19 @@ def test_every_pair_of_switch_values_is_baked() -> None:
 
 def test_all_on_and_all_off_are_baked() -> None:
     baked = [values(answer_set.answers) for answer_set in ANSWER_SETS.values()]
-    on = {"ci": "github", "use_celery": "yes", "use_oauth": "yes", "web_ui": "yes"}
-    off = {"ci": "none", "use_celery": "no", "use_oauth": "no", "web_ui": "no"}
+    on = {
+        "ci": "github",
+        "use_celery": "yes",
+        "use_oauth": "yes",
+        "use_opentelemetry": "yes",
+        "web_ui": "yes",
+    }
+    off = {
+        "ci": "none",
+        "use_celery": "no",
+        "use_oauth": "no",
+        "use_opentelemetry": "no",
+        "web_ui": "no",
+    }
     assert on in baked
     assert off in baked

@@ -96,6 +96,9 @@ def test_every_pair_of_choices_renders_clean(
     )
     assert (package / "auth" / "oidc.py").exists() == (answers["use_oauth"] == "yes")
     assert (package / "tasks").exists() == (answers["use_celery"] == "yes")
+    assert (package / "observability" / "tracing.py").exists() == (
+        answers["use_opentelemetry"] == "yes"
+    )
     assert (project / ".github").exists() == (answers["ci"] == "github")
     assert f"Python\n{answers['python_version']}" in (project / "README.md").read_text(
         encoding="utf-8"

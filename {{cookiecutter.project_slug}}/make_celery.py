@@ -1,10 +1,13 @@
 """Celery entry point for the worker and beat processes.
 
-``celery --app make_celery worker --loglevel INFO`` and ``celery --app
-make_celery beat --loglevel INFO`` run $APP_ENV, else the production
-configuration, as wsgi.py does for the web server.
+``celery --app make_celery worker`` and ``celery --app make_celery beat`` run
+$APP_ENV, else the production configuration, as wsgi.py does for the web
+server, and log as it does: LOG_LEVEL and LOG_FORMAT (``--loglevel`` wins when
+given). ``celery inspect`` imports this module too: only ``celery worker``
+empties PROMETHEUS_MULTIPROC_DIR and serves metrics (CELERY_METRICS_PORT).
 """
 
+import logging
 import sys
 
 from {{ cookiecutter.package_name }} import create_app
@@ -20,3 +23,6 @@ try:
 except ConfigError as error:
     sys.exit(f"Error: {error.message}")
 celery_app = celery_of(flask_app)
+# Warnings are log lines too. Celery turns this on as it sets logging up, after
+# the warnings of its start (running as root, for one) went to stderr as text.
+logging.captureWarnings(capture=True)

@@ -1,39 +1,49 @@
 """Background jobs without a broker: settings, the welcome e-mail, the cleanup,
-beat's heartbeat and the request id (tests/test_worker.py runs a real worker)."""
+beat's heartbeat, and what task runs log and count (tests/test_worker.py runs
+a real worker)."""
 
 from __future__ import annotations
 
 import email
 import email.policy
+import json
 import logging
 import os
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import click
 import pytest
-from celery import Celery
+from celery import Celery, signals
+from celery.app.log import Logging
+from celery.app.trace import LOG_RECEIVED
+from celery.bin.worker import worker as worker_command
 from celery.exceptions import Retry
+from click.core import ParameterSource
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from fake_smtp import smtp_server
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import TokenFamily, User
 from {{ cookiecutter.package_name }}.models.base import utcnow
+from {{ cookiecutter.package_name }}.observability import metrics_of
 from {{ cookiecutter.package_name }}.resilience import redis_store
 from {{ cookiecutter.package_name }}.tasks import (
-    RequestIdFilter,
     accounts,
     celery_of,
     cleanup,
-    request_id,
+    monitoring,
 )
 from {{ cookiecutter.package_name }}.tasks.beat import (
     HeartbeatScheduler,
@@ -52,6 +62,8 @@ from conftest import (
 
 AUTH = "/api/v1/auth"
 PACKAGE = "{{ cookiecutter.package_name }}"
+WELCOME = accounts.send_welcome_email.name
+PURGE = cleanup.purge_expired.name
 
 
 def outbox(app: Flask) -> list[email.message.EmailMessage]:
@@ -211,6 +223,12 @@ def test_production_with_redis_has_its_broker() -> None:
         ({"MAIL_SECURITY": "ssl3"}, "MAIL_SECURITY='ssl3' is not one of"),
         ({"MAIL_PORT": "70000"}, "MAIL_PORT"),
         ({"CLEANUP_INTERVAL": "1"}, "CLEANUP_INTERVAL"),
+        ({"CELERY_METRICS_PORT": "9100"}, "without PROMETHEUS_MULTIPROC_DIR"),
+        (
+            {"CELERY_METRICS_PORT": "70000", "PROMETHEUS_MULTIPROC_DIR": "metrics"},
+            "CELERY_METRICS_PORT='70000' is more than",
+        ),
+        ({"CELERY_METRICS_HOST": "metrics.local"}, "is not an IP address"),
     ],
 )
 def test_bad_job_settings_are_refused_by_name(
@@ -225,6 +243,29 @@ def test_worker_concurrency_is_passed_on(make_app: AppFactory) -> None:
     assert config.CELERY_WORKER_CONCURRENCY == 3
     app = make_app(CELERY_WORKER_CONCURRENCY=3)
     assert celery_of(app).conf.worker_concurrency == 3
+
+
+def test_the_worker_metrics_settings_are_passed_on(make_app: AppFactory) -> None:
+    config = load_config(
+        "development",
+        {
+            "CELERY_METRICS_PORT": "9100",
+            "CELERY_METRICS_HOST": "0.0.0.0",  # noqa: S104 - a container's setting
+            "PROMETHEUS_MULTIPROC_DIR": "metrics",
+        },
+    )
+    assert (config.CELERY_METRICS_PORT, config.CELERY_METRICS_HOST) == (
+        9100,
+        "0.0.0.0",  # noqa: S104
+    )
+    default = load_config("development", {})
+    assert (default.CELERY_METRICS_PORT, default.CELERY_METRICS_HOST) == (
+        None,
+        "127.0.0.1",
+    )
+    settings = celery_of(make_app(CELERY_METRICS_PORT=9100)).conf
+    assert settings[monitoring.METRICS_PORT] == 9100
+    assert settings[monitoring.METRICS_HOST] == "127.0.0.1"
 
 
 def import_make_celery(
@@ -373,6 +414,8 @@ def test_a_temporary_refusal_is_retried(make_app: AppFactory, tmp_path: Path) ->
             args=[account.id], throw=False
         )
         assert result.get() is True
+        # The first e-mail (to the outbox), then the retried one.
+        assert task_outcomes(app) == {(WELCOME, "success"): 2, (WELCOME, "retry"): 1}
     assert behaviour.connections == 2
     assert len(behaviour.messages) == 1
 
@@ -387,6 +430,8 @@ def test_eager_tasks_raise_where_they_are_sent(make_app: AppFactory) -> None:
             behaviour.refusals = ["451 try again later"]
             with pytest.raises(Retry):
                 send.delay(account.id)
+            # Celery signals nothing for an error it lets through: still counted.
+            assert task_outcomes(app)[WELCOME, "retry"] == 1
 
 
 def test_a_database_that_does_not_answer_is_retried(
@@ -575,52 +620,217 @@ def test_beat_alive_fails_on_a_stale_or_missing_heartbeat(
     assert beat_alive(app, "--max-age", "600")[0] == 0
 
 
-# --- Request ids and readiness ----------------------------------------------------
+# --- What task runs log and count -------------------------------------------------
 
 
-def test_a_sane_request_id_is_kept_and_others_are_replaced(app: Flask) -> None:
-    with app.test_request_context(headers={"X-Request-ID": "req-42.a:b"}):
-        assert request_id() == "req-42.a:b"
-    with app.test_request_context(headers={"X-Request-ID": "evil <script>"}):
-        made = request_id()
-        assert made != "evil <script>"
-        assert len(made) == 32
-        assert request_id() == made  # one per request
-    with app.test_request_context():
-        assert len(request_id()) == 32
+def task_outcomes(app: Flask) -> dict[tuple[str, str], float]:
+    """celery_tasks_total at `app`'s /metrics, by task and outcome."""
+    response = app.test_client().get("/metrics")
+    assert response.status_code == 200
+    return {
+        (sample.labels["task"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(response.get_data(as_text=True))
+        for sample in family.samples
+        if sample.name == "celery_tasks_total"
+    }
 
 
-def test_the_sending_request_names_the_task_in_its_logs(mail_app: Flask) -> None:
-    records: list[logging.LogRecord] = []
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of `text`, each of which must be a JSON object."""
+    return [json.loads(line) for line in text.splitlines()]
 
-    class Keep(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            records.append(record)
 
-    handler = Keep(level=logging.INFO)
-    handler.addFilter(RequestIdFilter())
-    task_logger = logging.getLogger(accounts.__name__)
-    task_logger.addHandler(handler)
-    level = task_logger.level
-    task_logger.setLevel(logging.INFO)
-    try:
-        response = mail_app.test_client().post(
-            f"{AUTH}/register",
-            json={"email": "traced@example.com", "password": PASSWORD},
-            headers={"X-Request-ID": "trace-me-1"},
-        )
-    finally:
-        task_logger.removeHandler(handler)
-        task_logger.setLevel(level)
+@pytest.fixture
+def json_app(make_app: AppFactory, tmp_path: Path) -> Flask:
+    """A testing app that logs JSON lines, as production does."""
+    return make_app(
+        tables=True,
+        LOG_FORMAT="json",
+        MAIL_BACKEND="file",
+        MAIL_FILE_DIRECTORY=str(tmp_path / "outbox"),
+    )
+
+
+def test_an_eager_runs_outcome_is_at_metrics(mail_app: Flask) -> None:
+    response = mail_app.test_client().post(
+        f"{AUTH}/register", json={"email": "counted@example.com", "password": PASSWORD}
+    )
     assert response.status_code == 201
-    sent = [record for record in records if "e-mail sent" in record.getMessage()]
-    assert [record.request_id for record in sent] == ["trace-me-1"]  # type: ignore[attr-defined]
+    assert task_outcomes(mail_app) == {(WELCOME, "success"): 1}
 
 
-def test_a_log_line_outside_a_task_has_no_request_id() -> None:
-    record = logging.LogRecord("x", logging.INFO, __file__, 1, "line", None, None)
-    assert RequestIdFilter().filter(record)
-    assert record.request_id == "-"  # type: ignore[attr-defined]
+def test_an_eager_failure_is_counted(make_app: AppFactory, tmp_path: Path) -> None:
+    app = make_app(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/missing/app.db")
+    with app.app_context(), pytest.raises(OperationalError):
+        task(app, PURGE).delay()
+    # Kept as a result instead (as a worker does): Celery signals it.
+    assert task(app, PURGE).apply(throw=False).state == "FAILURE"
+    assert task_outcomes(app) == {(PURGE, "failure"): 2}
+
+
+def test_without_metrics_nothing_is_counted(make_app: AppFactory) -> None:
+    app = make_app(tables=True, METRICS_ENABLED=False)
+    with app.app_context():
+        task(app, PURGE).delay()
+    [family] = metrics_of(app).tasks.collect()
+    assert family.samples == []
+
+
+def test_a_tasks_lines_name_it_and_the_request_that_sent_it(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    response = json_app.test_client().post(
+        f"{AUTH}/register",
+        json={"email": "traced@example.com", "password": PASSWORD},
+        headers={"X-Request-ID": "trace-me-1"},
+    )
+    assert response.status_code == 201
+    lines = json_lines(capsys.readouterr().err)
+    [sent] = [line for line in lines if "e-mail sent" in line["event"]]
+    assert sent["request_id"] == "trace-me-1"
+    assert sent["task_name"] == WELCOME
+    # Celery's own line about the run, too.
+    [succeeded] = [line for line in lines if "succeeded in" in line["event"]]
+    assert succeeded["task_id"] == sent["task_id"]
+    assert succeeded["request_id"] == "trace-me-1"
+    # After the task, the request's line has the request's context back.
+    [request_line] = [line for line in lines if line["event"] == "request"]
+    assert request_line["request_id"] == "trace-me-1"
+    assert request_line["route"] == f"{AUTH}/register"
+    assert "task_id" not in request_line
+
+
+def test_a_request_id_that_does_not_look_like_one_is_left_out(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    purge = task(json_app, PURGE)
+    capsys.readouterr()
+    purge.apply_async(headers={"request_id": "job-7"})
+    purge.apply_async(headers={"request_id": 'forged"\n{"level": "x"}'})
+    purge.apply_async()
+    lines = json_lines(capsys.readouterr().err)
+    runs = [line for line in lines if "succeeded in" in line["event"]]
+    assert [line.get("request_id") for line in runs] == ["job-7", None, None]
+
+
+@pytest.mark.usefixtures("json_app")
+def test_celerys_lines_about_a_task_name_it_outside_its_run(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # As the worker's main process logs a message's arrival.
+    data = {"id": "5d1c", "name": WELCOME}
+    capsys.readouterr()
+    logging.getLogger("celery.worker.strategy").info(
+        LOG_RECEIVED, data, extra={"data": data}
+    )
+    [line] = json_lines(capsys.readouterr().err)
+    assert (line["task_id"], line["task_name"]) == ("5d1c", WELCOME)
+    assert line["event"] == f"Task {WELCOME}[5d1c] received"
+
+
+def test_a_worker_keeps_the_apps_logging(
+    app: Flask, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What Celery changes in the process, put back afterwards.
+    monkeypatch.setattr(Logging, "_setup", False)
+    for variable in ("_MP_FORK_LOGLEVEL_", "_MP_FORK_LOGFILE_", "_MP_FORK_LOGFORMAT_"):
+        monkeypatch.setenv(variable, "")
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    handled = celery_of(app).log.setup_logging_subsystem(loglevel="ERROR")
+    # Handled: Celery adds no handler and redirects no output either.
+    assert handled
+    assert root.handlers == handlers
+    # LOG_LEVEL stays: no --loglevel was given on a command line.
+    assert root.level == level
+
+
+@pytest.mark.parametrize(
+    ("source", "wins"),
+    [(ParameterSource.COMMANDLINE, True), (ParameterSource.DEFAULT, False)],
+)
+def test_a_loglevel_given_to_the_worker_wins_over_log_level(
+    source: ParameterSource, *, wins: bool
+) -> None:
+    root = logging.getLogger()
+    level = root.level
+    context = click.Context(worker_command)
+    context.set_parameter_source("loglevel", source)
+    try:
+        with context:
+            signals.setup_logging.send(sender=None, loglevel=logging.ERROR)
+        assert root.level == (logging.ERROR if wins else level)
+    finally:
+        root.setLevel(level)
+
+
+@pytest.fixture
+def metrics_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """PROMETHEUS_MULTIPROC_DIR, holding what a previous run left."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    (directory / "counter_4242.db").write_bytes(b"the last run's values")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
+    return directory
+
+
+def test_the_worker_serves_its_metrics_from_a_fresh_directory(
+    make_app: AppFactory, metrics_directory: Path
+) -> None:
+    # Port 0: any free port (the configuration asks for a real one).
+    app = make_app(CELERY_METRICS_PORT=0)
+    # As `celery worker` sends it: from the worker, which knows its Celery app.
+    worker = celery_of(app).WorkController
+    [server] = [
+        found
+        for _, found in signals.worker_init.send(sender=worker)
+        if found is not None
+    ]
+    try:
+        assert list(metrics_directory.iterdir()) == []
+        # A process creates its file empty, then sizes it: no scrape fails on it.
+        (metrics_directory / "counter_4243.db").write_bytes(b"")
+        url = f"http://127.0.0.1:{server.server_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            assert response.status == 200
+        # A second worker on the port is refused in one line.
+        settings = {**celery_of(app).conf, monitoring.METRICS_PORT: server.server_port}
+        refused = r"cannot serve its metrics on 127\.0\.0\.1"
+        with pytest.raises(SystemExit, match=refused):
+            monitoring.serve_metrics(settings)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_beat_and_inspect_leave_the_workers_metrics_alone(
+    make_app: AppFactory, metrics_directory: Path
+) -> None:
+    result = import_make_celery(
+        "import make_celery",
+        APP_ENV="testing",
+        CELERY_METRICS_PORT="9",
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_directory),
+    )
+    assert result.returncode == 0, result.stderr
+    assert [path.name for path in metrics_directory.iterdir()] == ["counter_4242.db"]
+    # Nor does a worker without a port.
+    assert monitoring.serve_metrics(celery_of(make_app()).conf) is None
+    assert [path.name for path in metrics_directory.iterdir()] == ["counter_4242.db"]
+
+
+def test_a_pool_process_that_exits_leaves_its_counters(
+    metrics_directory: Path,
+) -> None:
+    live = metrics_directory / "gauge_livesum_4242.db"
+    live.write_bytes(b"")
+    signals.worker_process_shutdown.send(sender=None, pid=4242, exitcode=0)
+    assert not live.exists()
+    assert (metrics_directory / "counter_4242.db").exists()
+
+
+# --- Readiness --------------------------------------------------------------------
 
 
 def test_readiness_reports_an_unreachable_broker(make_app: AppFactory) -> None:

@@ -1,6 +1,7 @@
 """A real Celery worker (services tier): tasks sent through the HTTP API run in
-another process, over Redis and over RabbitMQ, and a worker killed mid-task
-loses nothing.
+another process, over Redis and over RabbitMQ; a worker killed mid-task loses
+nothing; its log lines are the app's JSON lines, and it serves the outcomes of
+all its pool processes' tasks.
 
 Needs TEST_DATABASE_URL (a database both processes reach) and TEST_REDIS_URL;
 the RabbitMQ cases need TEST_RABBITMQ_URL (amqp://guest:guest@127.0.0.1:5672//).
@@ -9,12 +10,15 @@ the RabbitMQ cases need TEST_RABBITMQ_URL (amqp://guest:guest@127.0.0.1:5672//).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -23,9 +27,10 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from prometheus_client.parser import text_string_to_metric_families
 
 from fake_smtp import Behaviour, smtp_server
-from {{ cookiecutter.package_name }}.tasks import celery_of, cleanup
+from {{ cookiecutter.package_name }}.tasks import accounts, celery_of, cleanup
 
 from conftest import PASSWORD, PROJECT, AppFactory, signing_key_pem, wait_until
 
@@ -40,6 +45,11 @@ LIMITS = {
     "CELERY_RETRY_BACKOFF_MAX": "2",
     "CELERY_VISIBILITY_TIMEOUT": "10",
 }
+# How the tests start a worker, unless they say otherwise: the command line's
+# level wins over LOG_LEVEL (WARNING in the workers' environment).
+WORKER_ARGUMENTS = ("--loglevel", "INFO", "--concurrency", "1")
+WELCOME = accounts.send_welcome_email.name
+PURGE = cleanup.purge_expired.name
 
 pytestmark = pytest.mark.skipif(
     not (DATABASE.startswith("postgresql") and REDIS),
@@ -59,17 +69,26 @@ def brokers() -> list[Any]:
     ]
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
 @dataclass
 class Worker:
     """`celery worker` for the test app's queue, as production starts it."""
 
     env: dict[str, str]
+    # Its stderr: the log lines. (Celery prints its banner on stdout.)
     log: Path
+    arguments: tuple[str, ...] = WORKER_ARGUMENTS
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         self.log.write_bytes(b"")
-        with self.log.open("ab") as log:
+        with self.log.open("ab") as log, self.log.with_suffix(".out").open("wb") as out:
             self.process = subprocess.Popen(  # noqa: S603 - a fixed command line
                 [
                     sys.executable,
@@ -78,10 +97,7 @@ class Worker:
                     "--app",
                     "make_celery",
                     "worker",
-                    "--loglevel",
-                    "INFO",
-                    "--concurrency",
-                    "1",
+                    *self.arguments,
                     "--hostname",
                     f"test-{uuid.uuid4().hex[:8]}@%h",
                     "--without-mingle",
@@ -89,8 +105,8 @@ class Worker:
                 ],
                 cwd=PROJECT,
                 env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=out,
+                stderr=log,
                 start_new_session=True,
             )
         wait_until(lambda: "ready." in self.output() or not self.running(), 60, "ready")
@@ -101,6 +117,16 @@ class Worker:
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def lines(self) -> list[dict[str, Any]]:
+        """The log lines so far, each of which must be a JSON object."""
+        found = []
+        for line in self.output().splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                pytest.fail(f"not a JSON line in the worker's log: {line!r}")
+        return found
 
     def kill(self) -> None:
         """SIGKILL the worker and its pool processes: no chance to clean up."""
@@ -135,7 +161,7 @@ class Stack:
     app: Flask
     mail: Behaviour
     workers: list[Worker]
-    new_worker: Callable[[], Worker]
+    new_worker: Callable[..., Worker]
 
 
 @pytest.fixture(params=brokers())
@@ -167,11 +193,18 @@ def stack(
             MAIL_HOST="127.0.0.1",
             MAIL_PORT=str(port),
             MAIL_TIMEOUT="30",
+            LOG_LEVEL="WARNING",
         )
         workers: list[Worker] = []
 
-        def new_worker() -> Worker:
-            worker = Worker(env, tmp_path / f"worker-{len(workers)}.log")
+        def new_worker(*arguments: str, **variables: str) -> Worker:
+            """A started worker: WORKER_ARGUMENTS unless `arguments`, and the
+            environment with `variables`."""
+            worker = Worker(
+                env | variables,
+                tmp_path / f"worker-{len(workers)}.log",
+                arguments or WORKER_ARGUMENTS,
+            )
             workers.append(worker)
             worker.start()
             return worker
@@ -201,11 +234,69 @@ def test_a_sign_up_is_welcomed_by_the_worker(stack: Stack) -> None:
     sign_up(stack.app, "worker@example.com", "signup-7f3a")
     wait_until(lambda: len(stack.mail.messages) == 1, 30, "the welcome e-mail")
     assert b"To: worker@example.com" in stack.mail.messages[0]
-    # The worker's log names the request that sent the task.
-    wait_until(lambda: "e-mail sent" in worker.output(), 10, "the task's log line")
-    sent = [line for line in worker.output().splitlines() if "e-mail sent" in line]
-    assert sent
-    assert "request_id=signup-7f3a" in sent[0]
+    wait_until(lambda: "succeeded in" in worker.output(), 10, "the task's end")
+    # JSON lines, as the web server's; the task's name the request that sent it.
+    lines = worker.lines()
+    [sent] = [line for line in lines if "e-mail sent" in line["event"]]
+    assert sent["request_id"] == "signup-7f3a"
+    assert sent["task_name"] == WELCOME
+    assert sent["level"] == "info"  # --loglevel INFO won over LOG_LEVEL
+    # Celery's own lines about the task name it: as it arrived (in the main
+    # process) and as it ended (in the pool process).
+    about = [line for line in lines if line.get("task_id") == sent["task_id"]]
+    [received] = [line for line in about if line["event"].endswith("received")]
+    [succeeded] = [line for line in about if "succeeded in" in line["event"]]
+    assert succeeded["request_id"] == "signup-7f3a"
+    assert received["task_name"] == WELCOME
+
+
+def task_outcomes(port: int) -> dict[tuple[str, str], float]:
+    """celery_tasks_total from a worker's metrics server, by task and outcome."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (sample.labels["task"], sample.labels["outcome"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "celery_tasks_total"
+    }
+
+
+def test_a_worker_serves_the_outcomes_of_all_its_processes(
+    stack: Stack, tmp_path: Path
+) -> None:
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    stale = directory / "counter_4242.db"
+    stale.write_bytes(b"the last run's values")
+    port = free_port()
+    stack.mail.go.clear()  # each task waits in SMTP, holding its pool process
+    worker = stack.new_worker(
+        # No --loglevel, as compose.yaml runs it: LOG_LEVEL decides.
+        "--concurrency",
+        "2",
+        LOG_LEVEL="INFO",
+        CELERY_METRICS_PORT=str(port),
+        PROMETHEUS_MULTIPROC_DIR=str(directory),
+    )
+    assert not stale.exists()  # every start counts from zero
+    sign_up(stack.app, "one@example.com", "metrics-1")
+    sign_up(stack.app, "two@example.com", "metrics-2")
+    wait_until(lambda: stack.mail.connections >= 2, 30, "both pool processes busy")
+    # Queued behind them, and revoked before it runs: by the main process.
+    celery = celery_of(stack.app)
+    revoked = celery.tasks[PURGE].delay()
+    assert celery.control.revoke(revoked.id, reply=True, timeout=10, limit=1)
+    stack.mail.refusals.append("451 try again later")  # one of the two retries
+    stack.mail.go.set()
+    expected = {(WELCOME, "success"): 2, (WELCOME, "retry"): 1, (PURGE, "revoked"): 1}
+    wait_until(lambda: task_outcomes(port) == expected, 30, f"outcomes {expected}")
+    # Each pool process (and the main one) wrote its own values, added up above.
+    assert len(list(directory.glob("counter_*.db"))) == 3
+    assert len(stack.mail.messages) == 2
+    # LOG_LEVEL=INFO without --loglevel: Celery's default (WARNING) did not win.
+    assert any(line["event"].endswith("ready.") for line in worker.lines())
 
 
 def test_a_result_comes_back_through_the_backend(stack: Stack) -> None:

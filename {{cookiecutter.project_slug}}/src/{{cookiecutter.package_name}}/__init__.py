@@ -21,6 +21,9 @@ from .errors import register_error_handlers
 from .extensions import db, migrate
 from .health import add_check, health_bp
 from .health.checks import check_database, check_migrations, check_redis
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+from .observability import tracing
+{%- endif %}
 
 
 def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
@@ -38,6 +41,12 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
 
     db.init_app(app)
     migrate.init_app(app, db, directory=app.config["MIGRATIONS_DIRECTORY"])
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+    # After the database (its engines are traced), before every part that adds
+    # request hooks (the request's span is open in all of them). Under Gunicorn
+    # this runs in each worker, after the fork (no preload_app).
+    tracing.init_app(app)
+{%- endif %}
 
     security.init_app(app)
     register_error_handlers(app)

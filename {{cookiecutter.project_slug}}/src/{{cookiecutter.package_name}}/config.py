@@ -72,6 +72,29 @@ LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 LOG_FORMATS = frozenset({"json", "console"})
 # A METRICS_TOKEN shorter than this is refused in production.
 MIN_METRICS_TOKEN_LENGTH = 32
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+# Tracing (observability/tracing.py): the span exporters this project ships
+# (OTEL_TRACES_EXPORTER), the SDK's samplers (OTEL_TRACES_SAMPLER), and the
+# parts it instruments (OTEL_PYTHON_DISABLED_INSTRUMENTATIONS turns some off).
+TRACE_EXPORTERS = frozenset({"otlp", "console", "none"})
+TRACE_SAMPLERS = frozenset(
+    {
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    }
+)
+INSTRUMENTATIONS = frozenset({"flask", "sqlalchemy", "urllib3", "redis", "celery"})
+# The traces endpoint wins over the general one, as in the SDK.
+OTLP_ENDPOINTS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTLP_PROTOCOLS = ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+OTLP_TIMEOUTS = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+# The request URLs not traced, as Flask's instrumentation reads them.
+EXCLUDED_URLS = ("OTEL_PYTHON_FLASK_EXCLUDED_URLS", "OTEL_PYTHON_EXCLUDED_URLS")
+{%- endif %}
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"0", "false", "no", "off"})
@@ -448,6 +471,75 @@ def env_list(environ: Mapping[str, str], name: str) -> list[str] | None:
     return [item for item in items if item] or None
 
 
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+
+
+def trace_exporters(environ: Mapping[str, str]) -> tuple[str, ...]:
+    """Where spans go: OTEL_TRACES_EXPORTER's exporters, or, when it is unset,
+    otlp if an OTLP endpoint is set and none otherwise (the SDK alone would
+    send to localhost:4318 and log an error every few seconds without a
+    collector there)."""
+    for variable in OTLP_ENDPOINTS:
+        http_url(environ, variable)
+    for variable in OTLP_TIMEOUTS:
+        # Seconds for the Python SDK (the specification says milliseconds: a
+        # 10000 meant as 10 s would hold a stopping worker for hours).
+        env_seconds(environ, variable, 10, maximum=60)
+    for variable in OTLP_PROTOCOLS:
+        protocol = environ.get(variable, "").strip()
+        if protocol and protocol != "http/protobuf":
+            raise ConfigError(
+                f"{variable}={protocol!r}: this project ships the OTLP exporter "
+                "for http/protobuf only (grpc needs "
+                "opentelemetry-exporter-otlp-proto-grpc)"
+            )
+    names = [name.lower() for name in env_list(environ, "OTEL_TRACES_EXPORTER") or []]
+    if not names:
+        endpoint = any(environ.get(variable, "").strip() for variable in OTLP_ENDPOINTS)
+        return ("otlp",) if endpoint else ()
+    if unknown := sorted(set(names) - TRACE_EXPORTERS):
+        raise ConfigError(
+            f"OTEL_TRACES_EXPORTER names {', '.join(unknown)}: use "
+            f"{', '.join(sorted(TRACE_EXPORTERS))} (comma-separated)"
+        )
+    return tuple(dict.fromkeys(name for name in names if name != "none"))
+
+
+def trace_sampler(environ: Mapping[str, str]) -> tuple[str, float]:
+    """OTEL_TRACES_SAMPLER and, for the ratio samplers, OTEL_TRACES_SAMPLER_ARG."""
+    name = env_choice(
+        environ, "OTEL_TRACES_SAMPLER", "parentbased_always_on", TRACE_SAMPLERS
+    )
+    raw = environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not name.endswith("traceidratio") or not raw:
+        return name, 1.0
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0 <= ratio <= 1:
+        raise ConfigError(
+            f"OTEL_TRACES_SAMPLER_ARG={raw!r} is not a ratio from 0 to 1 "
+            "(0.1 keeps one trace in ten)"
+        )
+    return name, ratio
+
+
+def skipped_instrumentations(environ: Mapping[str, str]) -> frozenset[str]:
+    """OTEL_PYTHON_DISABLED_INSTRUMENTATIONS: the parts not to trace."""
+    names = {
+        name.lower()
+        for name in env_list(environ, "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS") or []
+    }
+    if unknown := sorted(names - INSTRUMENTATIONS):
+        raise ConfigError(
+            f"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names {', '.join(unknown)}: "
+            f"use {', '.join(sorted(INSTRUMENTATIONS))} (comma-separated)"
+        )
+    return frozenset(names)
+{%- endif %}
+
+
 def served_by_development_server() -> bool:
     """Whether the app is being loaded by ``flask run`` (Werkzeug's dev server)."""
     context = click.get_current_context(silent=True)
@@ -509,6 +601,22 @@ class Config:
         ipaddress.ip_network("::/0"),
     )
     METRICS_TOKEN: str | None = None
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+    # Tracing (observability/tracing.py; README "Tracing"), from the standard
+    # OTEL_* variables: off with OTEL_SDK_DISABLED=true; the exporters (none
+    # without an OTLP endpoint); the sampler and its ratio; the parts not
+    # traced; the request URLs not traced, as regular expressions (None: the
+    # health probes and /metrics).
+    TRACING_ENABLED = True
+    TRACING_EXPORTERS: tuple[str, ...] = ()
+    TRACING_SAMPLER = "parentbased_always_on"
+    TRACING_SAMPLER_RATIO = 1.0
+    TRACING_SKIPPED: frozenset[str] = frozenset()
+    TRACING_EXCLUDED_URLS: str | None = None
+    # A span exporter that gets every span as it ends, besides those above:
+    # the tests' InMemorySpanExporter. Never read from the environment.
+    TRACING_EXPORTER: Any = None
+{%- endif %}
     # Serve /api/docs and /api/openapi.json.
     API_DOCS_ENABLED = True
     # Host names the app answers to (None: any). Set it behind a proxy that
@@ -565,7 +673,7 @@ class Config:
         },
     }
     # Flask-Caching: in-process by default, Redis with REDIS_URL.
-    CACHE_TYPE = f"{__package__}.resilience.cache.MemoryCache"
+    CACHE_TYPE = f"{__package__}.resilience.memory_cache.MemoryCache"
     CACHE_DEFAULT_TIMEOUT = 60
     # The example upstream (services/pricing.py); unset: prices are unavailable.
     PRICING_URL: str | None = None
@@ -646,16 +754,12 @@ class Config:
             "interval_step": 0.2,
             "interval_max": 0.5,
         },
-        # A worker's lines name the request that sent their task (tasks/).
-        "worker_log_format": (
-            "[%(asctime)s: %(levelname)s/%(processName)s] %(name)s "
-            "request_id=%(request_id)s: %(message)s"
-        ),
-        "worker_task_log_format": (
-            "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s"
-            "[%(task_id)s] request_id=%(request_id)s: %(message)s"
-        ),
     }
+    # `celery worker` serves its metrics on this port when one is set (no
+    # authentication: keep it on a private interface). Needs
+    # PROMETHEUS_MULTIPROC_DIR, which the worker empties when it starts.
+    CELERY_METRICS_PORT: int | None = None
+    CELERY_METRICS_HOST = "127.0.0.1"
     # The welcome e-mail's transport (tasks/mail.py): console (the log), file
     # (one .eml per message in MAIL_FILE_DIRECTORY) or smtp.
     MAIL_BACKEND = "console"
@@ -752,6 +856,22 @@ class Config:
             environ, "METRICS_ALLOWED_NETWORKS", self.METRICS_ALLOWED_NETWORKS
         )
         self.METRICS_TOKEN = environ.get("METRICS_TOKEN", "").strip() or None
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+        self.tracing_settings(environ)
+
+    def tracing_settings(self, environ: Mapping[str, str]) -> None:
+        """The standard OTEL_* variables, checked here so that a typo stops the
+        start-up (Gunicorn's included) instead of being a warning in a log."""
+        self.TRACING_ENABLED = not env_bool(environ, "OTEL_SDK_DISABLED", default=False)
+        self.TRACING_EXPORTERS = trace_exporters(environ)
+        self.TRACING_SAMPLER, self.TRACING_SAMPLER_RATIO = trace_sampler(environ)
+        self.TRACING_SKIPPED = skipped_instrumentations(environ)
+        # Set and empty: every request is traced.
+        for variable in EXCLUDED_URLS:
+            if variable in environ:
+                self.TRACING_EXCLUDED_URLS = environ[variable]
+                break
+{%- endif %}
 
     def auth_settings(self, environ: Mapping[str, str]) -> None:
         """The token signing key and lifetimes, and the password policy."""
@@ -855,6 +975,7 @@ class Config:
             self.CELERY_WORKER_CONCURRENCY = env_int(
                 environ, "CELERY_WORKER_CONCURRENCY", 1, maximum=256
             )
+        self.worker_metrics_settings(environ)
         self.CELERY_BEAT_SCHEDULE_FILE = (
             environ.get("CELERY_BEAT_SCHEDULE_FILE") or self.CELERY_BEAT_SCHEDULE_FILE
         )
@@ -882,6 +1003,29 @@ class Config:
         self.MAIL_TIMEOUT = env_seconds(
             environ, "MAIL_TIMEOUT", self.MAIL_TIMEOUT, maximum=300
         )
+
+    def worker_metrics_settings(self, environ: Mapping[str, str]) -> None:
+        """CELERY_METRICS_PORT and _HOST; the port needs PROMETHEUS_MULTIPROC_DIR."""
+        if environ.get("CELERY_METRICS_PORT", "").strip():
+            self.CELERY_METRICS_PORT = env_int(
+                environ, "CELERY_METRICS_PORT", 0, maximum=65535
+            )
+            if not environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip():
+                raise ConfigError(
+                    "CELERY_METRICS_PORT is set without PROMETHEUS_MULTIPROC_DIR: "
+                    "the worker's processes write their metrics there; give the "
+                    "worker a directory of its own (it is emptied at every start)"
+                )
+        host = environ.get("CELERY_METRICS_HOST", "").strip()
+        if host:
+            try:
+                ipaddress.ip_address(host)
+            except ValueError:
+                raise ConfigError(
+                    f"CELERY_METRICS_HOST={host!r} is not an IP address: use "
+                    "127.0.0.1 (the default), or 0.0.0.0 in a container"
+                ) from None
+            self.CELERY_METRICS_HOST = host
 
     @staticmethod
     def broker_url(environ: Mapping[str, str]) -> str | None:
@@ -936,6 +1080,14 @@ class TestingConfig(Config):
         super().__init__(environ)
         # Each test app gets keys of its own in a shared TEST_REDIS_URL.
         self.REDIS_KEY_PREFIX = f"{self.REDIS_KEY_PREFIX}-test-{secrets.token_hex(6)}"
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+
+    def tracing_settings(self, environ: Mapping[str, str]) -> None:
+        super().tracing_settings(environ)
+        # Never an exporter of OTEL_*: a test run must not send spans to a
+        # collector by accident. Tests give their own (TRACING_EXPORTER).
+        self.TRACING_EXPORTERS = ()
+{%- endif %}
 
 {%- if cookiecutter.use_celery == "yes" %}
 

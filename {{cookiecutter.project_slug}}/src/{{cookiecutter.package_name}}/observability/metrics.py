@@ -16,7 +16,7 @@ Without it (``flask run``, tests), values live in the app's own registry.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from flask import Flask
@@ -120,6 +120,27 @@ class BreakerStates(Collector):
         yield family
 
 
+class SettledFilesCollector(MultiProcessCollector):
+    """MultiProcessCollector, without the files that hold nothing yet.
+
+    A process creates its file empty and sizes it a moment later: a scrape in
+    between, or after the process died in between, would fail as a whole
+    (prometheus/client_python#1199).
+    """
+
+    def collect(self) -> Iterable[Metric]:
+        files = [str(path) for path in Path(self._path).glob("*.db") if has_data(path)]
+        found: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return found
+
+
+def has_data(path: Path) -> bool:
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:  # a dead process's live gauges, just removed
+        return False
+
+
 def multiprocess_directory() -> str | None:
     """PROMETHEUS_MULTIPROC_DIR, when this process shares metrics with others."""
     return os.environ.get(MULTIPROCESS_VARIABLE) or None
@@ -131,7 +152,7 @@ def exposition_registry(app: Flask) -> CollectorRegistry:
     if directory is None:
         return metrics_of(app).registry
     registry = CollectorRegistry(auto_describe=True)
-    MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+    SettledFilesCollector(registry, path=directory)  # type: ignore[no-untyped-call]
     registry.register(BreakerStates(app))
     return registry
 

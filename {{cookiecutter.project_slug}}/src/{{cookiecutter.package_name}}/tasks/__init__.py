@@ -10,43 +10,30 @@ its exceptions reach the caller. Production refuses to start without a broker.
 - ``cleanup``: the periodic purge of expired sign-ins, on beat's schedule.
 - ``mail``: the console, file and SMTP transports the e-mails go through.
 - ``beat``: the scheduler's heartbeat, checked by ``flask tasks beat-alive``.
+- ``monitoring``: the task context of log lines, outcome counts, and the
+  worker's metrics server.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from celery import Celery, Task, signals
-from flask import Flask, current_app, has_request_context, request
+from celery import Celery, Task
+from celery.exceptions import Retry
+from flask import Flask, current_app, has_request_context
 
 from ..auth import user_registered
 from ..health import add_check
 from ..models import User
-from . import accounts, cleanup
+from ..observability import logs, request_id
+from . import accounts, cleanup, monitoring
 from .commands import tasks_cli
 
 EXTENSION_KEY = "celery"
-# Set on the messages a request sends, and shown in the task's log lines.
-REQUEST_ID_HEADER = "request_id"
-# An incoming X-Request-ID is kept only when it looks like an identifier.
-SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-ENVIRON_REQUEST_ID = f"{__package__}.request_id"
 
 logger = logging.getLogger(__name__)
-
-
-def request_id() -> str:
-    """The current request's id: a sane X-Request-ID, else one made up once."""
-    known: str | None = request.environ.get(ENVIRON_REQUEST_ID)
-    if known is None:
-        incoming = request.headers.get("X-Request-ID", "")
-        known = incoming if SANE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        request.environ[ENVIRON_REQUEST_ID] = known
-    return known
 
 
 def celery_settings(app: Flask) -> dict[str, Any]:
@@ -94,6 +81,9 @@ def celery_settings(app: Flask) -> dict[str, Any]:
         "beat_schedule_filename": str(schedule_file),
         # Beat wakes at least this often (seconds), so its heartbeat stays fresh.
         "beat_max_loop_interval": 30,
+        # Where `celery worker` serves its metrics (tasks/monitoring.py).
+        monitoring.METRICS_PORT: config["CELERY_METRICS_PORT"],
+        monitoring.METRICS_HOST: config["CELERY_METRICS_HOST"],
     }
     if config["CELERY_WORKER_CONCURRENCY"] is not None:
         settings["worker_concurrency"] = config["CELERY_WORKER_CONCURRENCY"]
@@ -104,9 +94,24 @@ def celery_init_app(app: Flask) -> Celery:
     """The Celery app of `app`: its tasks run inside `app`'s context."""
 
     class FlaskTask(Task):  # type: ignore[type-arg]
+        # The app whose context the task runs in, and whose metrics count it.
+        flask_app: ClassVar[Flask] = app
+
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
             with app.app_context():
                 return self.run(*args, **kwargs)
+
+        def apply(self, *args: Any, **options: Any) -> Any:
+            """Run at once (eagerly). Celery signals no outcome for an error
+            that reaches the caller (task_eager_propagates): counted here."""
+            try:
+                return super().apply(*args, **options)
+            except Retry:
+                monitoring.count_outcome(self, "retry")
+                raise
+            except Exception:
+                monitoring.count_outcome(self, "failure")
+                raise
 
         def apply_async(
             self,
@@ -118,7 +123,7 @@ def celery_init_app(app: Flask) -> Celery:
             # The request that sends a task names it in the task's logs.
             if has_request_context():
                 headers = options.setdefault("headers", {})
-                headers.setdefault(REQUEST_ID_HEADER, request_id())
+                headers.setdefault(monitoring.REQUEST_ID_HEADER, request_id())
             return super().apply_async(args, kwargs, *positional, **options)
 
     celery_app: Celery = Celery(app.import_name, task_cls=FlaskTask)
@@ -156,35 +161,10 @@ def welcome(user: User, **_extra: object) -> None:
         )
 
 
-class RequestIdFilter(logging.Filter):
-    """Adds the sending request's id (or "-") to a task's log records."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from celery import current_task  # noqa: PLC0415 - a proxy, read per record
-
-        task_request = getattr(current_task, "request", None)
-        # A worker makes the message's headers attributes of the request;
-        # an eager run keeps them in its headers.
-        headers = getattr(task_request, "headers", None) or {}
-        record.request_id = (
-            getattr(task_request, REQUEST_ID_HEADER, None)
-            or headers.get(REQUEST_ID_HEADER)
-            or "-"
-        )
-        return True
-
-
-@signals.after_setup_logger.connect
-@signals.after_setup_task_logger.connect
-def add_request_ids(logger: logging.Logger, **_extra: object) -> None:
-    """The worker's log handlers give every line the request id (or "-")."""
-    for handler in logger.handlers:
-        handler.addFilter(RequestIdFilter())
-
-
 def init_app(app: Flask) -> Celery:
     """Bind Celery to `app`, send welcome e-mails, add the broker check."""
     celery_app = celery_init_app(app)
+    logs.add_processor(monitoring.celery_task_fields)
     user_registered.connect(welcome)
     if app.config["CELERY_BROKER_URL"]:
         add_check(app, "broker", lambda: check_broker(app))
@@ -192,4 +172,4 @@ def init_app(app: Flask) -> Celery:
     return celery_app
 
 
-__all__ = ["celery_init_app", "celery_of", "init_app", "request_id"]
+__all__ = ["celery_init_app", "celery_of", "init_app"]
