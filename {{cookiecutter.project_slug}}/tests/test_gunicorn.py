@@ -57,7 +57,7 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
     env = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith(("FLASK_", "APP_", "GUNICORN_", "JWT_"))
+        if not name.startswith(("FLASK_", "APP_", "GUNICORN_", "JWT_", "OTEL_"))
         and name
         not in {
             "SECRET_KEY",
