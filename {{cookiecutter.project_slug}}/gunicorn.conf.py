@@ -36,7 +36,7 @@ from {{ cookiecutter.package_name }}.config import (  # noqa: E402 - after the v
     env_int,
 )
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE  # noqa: E402
-from {{ cookiecutter.package_name }}.observability import metrics  # noqa: E402
+from {{ cookiecutter.package_name }}.observability import logs, metrics  # noqa: E402
 
 # The machine's CPUs. A container's CPU quota (docker --cpus, Kubernetes
 # resources.limits.cpu) does not change this count: set WEB_CONCURRENCY there.
@@ -117,7 +117,7 @@ control_socket_disable = True
 # log: the app writes a line per request, with its id, route and user
 # (``--access-logfile -`` adds Gunicorn's, in the same format).
 errorlog = "-"
-logger_class = "{{ cookiecutter.package_name }}.observability.logs.GunicornLogger"
+logger_class = logs.GunicornLogger
 
 
 def on_starting(server: Arbiter) -> None:

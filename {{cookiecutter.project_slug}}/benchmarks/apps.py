@@ -22,7 +22,9 @@ from pydantic import BaseModel
 from {{ cookiecutter.package_name }} import create_app
 from {{ cookiecutter.package_name }}.errors import Problem
 from {{ cookiecutter.package_name }}.extensions import spec
-from {{ cookiecutter.package_name }}.observability import requests as request_hooks
+from {{ cookiecutter.package_name }}.observability import (
+    requests as request_hooks,
+)
 from {{ cookiecutter.package_name }}.openapi import Responses
 from {{ cookiecutter.package_name }}.resilience import protected
 

@@ -15,7 +15,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from {{ cookiecutter.package_name }}.auth import users
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
-from {{ cookiecutter.package_name }}.observability import get_logger, logs, metrics
+from {{ cookiecutter.package_name }}.observability import (
+    get_logger,
+    logs,
+    metrics,
+)
 from {{ cookiecutter.package_name }}.resilience import backpressure
 
 from conftest import (
