@@ -332,6 +332,10 @@ def production_server(
     port = free_port()
     # The environment's own gunicorn, so that signals reach it directly.
     gunicorn = str(bake.path / ".venv" / "bin" / "gunicorn")
+    # A file, not a pipe: nobody reads while the tests run, and a full pipe
+    # would stop the workers at their next log line.
+    log = tmp_path / "gunicorn.log"
+    log_file = log.open("w")
     server = subprocess.Popen(
         [gunicorn, "-c", "gunicorn.conf.py", "wsgi:application"],
         cwd=bake.path,
@@ -340,8 +344,7 @@ def production_server(
             | {"WEB_CONCURRENCY": "2", "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
         ),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+        stderr=log_file,
         start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
@@ -352,7 +355,7 @@ def production_server(
                 request("GET", f"{base}/health/ready")
                 break
             except OSError:
-                assert server.poll() is None, server.communicate()[1][-3000:]
+                assert server.poll() is None, log.read_text()[-3000:]
                 assert time.monotonic() < deadline, "gunicorn did not start"
                 time.sleep(0.25)
         yield ProductionServer(base, server, database, {"X-API-Key": api_key})
@@ -360,8 +363,7 @@ def production_server(
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGKILL)
         server.wait(timeout=30)
-        if server.stderr:
-            server.stderr.close()
+        log_file.close()
         with redis.Redis.from_url(REDIS) as client:
             for key in client.scan_iter(f"{env['REDIS_KEY_PREFIX']}:*"):
                 client.delete(key)

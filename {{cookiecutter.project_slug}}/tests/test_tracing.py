@@ -8,6 +8,7 @@ testing configuration never exports anywhere else.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import json
@@ -32,7 +33,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
-from opentelemetry.trace import SpanKind, format_span_id, format_trace_id
+from opentelemetry.trace import (
+    SpanKind,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 from sqlalchemy import text
 
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
@@ -146,6 +152,33 @@ def test_the_task_a_request_queues_is_in_its_trace(
     # The task's own query (it reads the new user) is under the task.
     in_task = under(spans, task)
     assert any(scope_of(span) == "sqlalchemy" for span in spans if in_task(span))
+
+
+@pytest.mark.skipif(not JOBS, reason="this project runs no background jobs")
+def test_a_task_that_cannot_be_sent_ends_its_span_and_leaves_none_current(
+    make_app: AppFactory, exporter: InMemorySpanExporter
+) -> None:
+    # The broker is down: the sign-up succeeds, its e-mail is not queued.
+    app = make_app(
+        tables=True,
+        TRACING_EXPORTER=exporter,
+        CELERY_BROKER_URL="redis://127.0.0.1:9/0",
+    )
+    assert app.test_client().post(REGISTER, json=NEW_ACCOUNT).status_code == 201
+    spans = exporter.get_finished_spans()
+    request = named(spans, f"POST {REGISTER}")
+    [send] = [span for span in spans if span.name.startswith("apply_async/")]
+    assert send.kind is SpanKind.PRODUCER
+    assert under(spans, request)(send)
+    assert send.status.status_code is StatusCode.ERROR
+    assert [event.name for event in send.events] == ["exception"]
+    # Nothing of the request stays current, even once its garbage is gone.
+    gc.collect()
+    assert not trace.get_current_span().get_span_context().is_valid
+    with app.app_context():
+        db.session.execute(text("SELECT 1"))
+        db.session.remove()
+    assert len(exporter.get_finished_spans()) == len(spans)
 
 
 def test_spans_hold_no_query_string(

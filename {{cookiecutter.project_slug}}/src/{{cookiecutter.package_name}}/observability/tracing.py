@@ -68,7 +68,14 @@ from opentelemetry.sdk.trace.sampling import (
     SamplingResult,
     TraceIdRatioBased,
 )
-from opentelemetry.trace import Link, SpanKind, format_span_id, format_trace_id
+from opentelemetry.trace import (
+    Link,
+    SpanKind,
+    Status,
+    StatusCode,
+    format_span_id,
+    format_trace_id,
+)
 from opentelemetry.trace.span import TraceState
 from opentelemetry.util.types import Attributes
 from structlog.typing import EventDict, WrappedLogger
@@ -409,6 +416,31 @@ def instrument_libraries(provider: TracerProvider, skipped: frozenset[str]) -> N
         signals.worker_process_shutdown.connect(
             flush, weak=False, dispatch_uid=f"{__name__}.flush"
         )
+
+
+def end_failed_send(task_name: str, task_id: str, error: Exception) -> None:
+    """End the span of a task whose sending raised (a broker that is down).
+
+    Celery's instrumentation makes the span of a send current until Celery
+    signals the message sent, which a send that raises never does. Left so,
+    the span would stay open, and its context manager, when collected, would
+    make it current again in whatever the thread runs then: a later query or
+    task would join a trace that has ended.
+    """
+    if "celery" not in library_instrumentors():
+        return
+    # The instrumentation's own bookkeeping: the span, under the task its
+    # signals name (the default Celery app's), and the send's id.
+    utils: Any = importlib.import_module("opentelemetry.instrumentation.celery.utils")
+    task = utils.retrieve_task_from_sender({"sender": task_name})
+    found = utils.retrieve_context(task, task_id, is_publish=True)
+    if found is None:
+        return
+    span, activation, _ = found
+    span.record_exception(error)
+    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+    activation.__exit__(None, None, None)
+    utils.detach_context(task, task_id, is_publish=True)
 
 
 def init_app(app: Flask) -> None:

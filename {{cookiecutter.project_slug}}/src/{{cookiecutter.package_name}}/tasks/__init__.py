@@ -22,12 +22,16 @@ from typing import Any, ClassVar
 
 from celery import Celery, Task
 from celery.exceptions import Retry
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+from celery.utils import uuid
+{%- endif %}
 from flask import Flask, current_app, has_request_context
 
 from ..auth import user_registered
 from ..health import add_check
 from ..models import User
 from ..observability import logs, request_id
+{%- if cookiecutter.use_opentelemetry == "yes" %}, tracing{% endif %}
 from . import accounts, cleanup, monitoring
 from .commands import tasks_cli
 
@@ -124,7 +128,16 @@ def celery_init_app(app: Flask) -> Celery:
             if has_request_context():
                 headers = options.setdefault("headers", {})
                 headers.setdefault(monitoring.REQUEST_ID_HEADER, request_id())
+{%- if cookiecutter.use_opentelemetry == "yes" %}
+            task_id = options.setdefault("task_id", uuid())
+            try:
+                return super().apply_async(args, kwargs, *positional, **options)
+            except Exception as error:
+                tracing.end_failed_send(self.name, task_id, error)
+                raise
+{%- else %}
             return super().apply_async(args, kwargs, *positional, **options)
+{%- endif %}
 
     celery_app: Celery = Celery(app.import_name, task_cls=FlaskTask)
     celery_app.config_from_object(celery_settings(app))
