@@ -27,6 +27,9 @@ from benchmarks.run import (
 
 from conftest import PROJECT, close_connections
 
+# The benchmarks start their own servers, on in-memory SQLite.
+pytestmark = pytest.mark.standalone
+
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/bench/constant
   1 threads and 3 connections
   Thread Stats   Avg      Stdev     Max   +/- Stdev

@@ -8,7 +8,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,11 +38,20 @@ from conftest import AppFactory, Relay, add_account, signed_in
 ITEMS = "/api/v1/items"
 POSTGRESQL_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_POSTGRESQL = POSTGRESQL_URL.startswith("postgres")
-needs_postgresql = pytest.mark.skipif(
-    not ON_POSTGRESQL,
-    reason="needs TEST_DATABASE_URL=postgresql://...: only a PostgreSQL "
-    "connection can freeze",
-)
+
+
+def needs_postgresql(test: Callable[..., None]) -> Callable[..., None]:
+    """Skipped without TEST_DATABASE_URL=postgresql://...: only a PostgreSQL
+    connection can freeze."""
+    skip = pytest.mark.skipif(
+        not ON_POSTGRESQL,
+        reason="needs TEST_DATABASE_URL=postgresql://...: only a PostgreSQL "
+        "connection can freeze",
+    )
+    marked: Callable[..., None] = pytest.mark.services(skip(test))
+    return marked
+
+
 # DATABASE_STATEMENT_TIMEOUT and DATABASE_CONNECT_TIMEOUT of the frozen tests.
 TIMEOUT = 1
 # Seconds a request to a frozen database may take before its test fails.

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,10 @@ from conftest import (
     outside_a_window_edge,
     signing_key_pem,
 )
+
+# Each test starts its own server on SQLite files of its own; those that share
+# TEST_REDIS_URL's Redis between workers are marked `services` too.
+pytestmark = pytest.mark.standalone
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 SAFE_SECRET = "k" * 8 + "3vQ9-xT_4mWz7Lr2Pb6Yc1Nd8Hs5Jf0Ga"
@@ -151,9 +155,45 @@ class Server:
         try:
             return self.process.wait(timeout=45)
         except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=15)
+            self.kill()
             raise
+
+    def kill(self) -> None:
+        """SIGKILL, if it still runs (a test's clean-up)."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(timeout=15)
+
+
+def launch(log_dir: Path, args: str = "", **variables: str) -> Server:
+    """Gunicorn on a free port, answering; `args` join its command line
+    (GUNICORN_CMD_ARGS), its stderr goes to a file in `log_dir`."""
+    port = free_port()
+    env = server_env(port, **variables)
+    env["GUNICORN_CMD_ARGS"] += f" {args}"
+    log = log_dir / f"gunicorn-{port}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(  # noqa: S603 - a fixed command line
+            [*SERVER, "wsgi:application"],
+            cwd=PROJECT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            text=True,
+        )
+    server = Server(process, port, log)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            raise AssertionError(server.output())
+        try:
+            if server.request("GET", "/health/live").status == 200:
+                return server
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise AssertionError("gunicorn did not start") from None
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -162,37 +202,12 @@ def start_server(tmp_path: Path) -> Iterator[Any]:
     servers: list[Server] = []
 
     def start(args: str = "", **variables: str) -> Server:
-        """Gunicorn on a free port; `args` join its command line (GUNICORN_CMD_ARGS)."""
-        port = free_port()
-        env = server_env(port, **variables)
-        env["GUNICORN_CMD_ARGS"] += f" {args}"
-        log = tmp_path / f"gunicorn-{port}.log"
-        with log.open("w") as stderr:
-            process = subprocess.Popen(  # noqa: S603 - a fixed command line
-                [*SERVER, "wsgi:application"],
-                cwd=PROJECT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                text=True,
-            )
-        server = Server(process, port, log)
-        servers.append(server)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            assert process.poll() is None, server.output()
-            try:
-                if server.request("GET", "/health/live").status == 200:
-                    return server
-            except OSError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.1)
+        servers.append(launch(tmp_path, args, **variables))
+        return servers[-1]
 
     yield start
     for server in servers:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait(timeout=15)
+        server.kill()
 
 
 def run_server(**variables: str) -> subprocess.CompletedProcess[str]:
@@ -208,55 +223,56 @@ def run_server(**variables: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-@pytest.fixture
-def production_database(tmp_path: Path) -> str:
-    """A SQLite file migrated with `flask db upgrade`, as a deployment would."""
-    url = f"sqlite:///{tmp_path / 'production.db'}"
-    subprocess.run(
-        [sys.executable, "-m", "flask", "db", "upgrade"],
-        cwd=PROJECT,
-        env=server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL=url)
-        | {"FLASK_APP": PACKAGE, "FLASK_SKIP_DOTENV": "1"},
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-    return url
+@pytest.fixture(scope="module")
+def operated_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A SQLite file migrated with `flask db upgrade`, and an operator's account
+    and API key made with the CLI, as a deployment would: the file and the key.
 
-
-@pytest.fixture
-def writer(production_database: str) -> dict[str, str]:
-    """Headers of an account made with the CLI, as an operator would: an API key."""
-    env = server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database) | {
+    Made once (each command starts the app); each test gets a copy.
+    """
+    path = tmp_path_factory.mktemp("operated") / "production.db"
+    env = server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL=f"sqlite:///{path}") | {
         "FLASK_APP": PACKAGE,
         "FLASK_SKIP_DOTENV": "1",
     }
-    flask = [sys.executable, "-m", "flask"]
-    subprocess.run(  # noqa: S603 - a fixed command line
-        [*flask, "create-user", "--email", "ops@example.com", "--password", PASSWORD],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
-    created = subprocess.run(  # noqa: S603 - a fixed command line
+    commands = (
+        ["db", "upgrade"],
+        ["create-user", "--email", "ops@example.com", "--password", PASSWORD],
         [
-            *flask,
             "create-api-key",
             "--email=ops@example.com",
             "--name=tests",
             "--scope=read",
             "--scope=write",
         ],
-        cwd=PROJECT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
     )
-    return {"Content-Type": "application/json", "X-API-Key": created.stdout.strip()}
+    results = [
+        subprocess.run(  # noqa: S603 - a fixed command line
+            [sys.executable, "-m", "flask", *command],
+            cwd=PROJECT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        for command in commands
+    ]
+    return path, results[-1].stdout.strip()
+
+
+@pytest.fixture
+def production_database(operated_database: tuple[Path, str], tmp_path: Path) -> str:
+    """This test's copy of the operated database, as a URL."""
+    path = tmp_path / "production.db"
+    shutil.copyfile(operated_database[0], path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def writer(operated_database: tuple[Path, str]) -> dict[str, str]:
+    """Headers of the operator's API key (in every copy of the database)."""
+    return {"Content-Type": "application/json", "X-API-Key": operated_database[1]}
 
 
 def test_the_config_passes_gunicorns_own_check() -> None:
@@ -433,6 +449,19 @@ def test_the_in_flight_bound_follows_the_threads_in_force(
     assert server.stop() == 0
 
 
+@pytest.fixture(scope="module")
+def shared_server(
+    operated_database: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """One server for the tests that only send it requests."""
+    directory = tmp_path_factory.mktemp("shared")
+    path = directory / "production.db"
+    shutil.copyfile(operated_database[0], path)
+    server = launch(directory, SECRET_KEY=SAFE_SECRET, DATABASE_URL=f"sqlite:///{path}")
+    yield server
+    server.kill()
+
+
 @pytest.mark.parametrize(
     ("request_head", "status"),
     [
@@ -443,10 +472,9 @@ def test_the_in_flight_bound_follows_the_threads_in_force(
     ids=["long-url", "bad-header-name", "bad-http-version"],
 )
 def test_requests_gunicorn_refuses_get_problem_documents(
-    start_server: Any, production_database: str, request_head: bytes, status: int
+    shared_server: Server, request_head: bytes, status: int
 ) -> None:
-    server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+    with socket.create_connection(("127.0.0.1", shared_server.port), timeout=10) as raw:
         raw.sendall(request_head)
         answer = b""
         while chunk := raw.recv(65536):
@@ -460,7 +488,8 @@ def test_requests_gunicorn_refuses_get_problem_documents(
     # An id of its own (the client's was never read), as the header says.
     assert f"X-Request-ID: {problem['request_id']}".encode() in head
     assert b"Secret" not in answer
-    assert server.stop() == 0
+    # The worker is still there for the next request.
+    assert shared_server.request("GET", "/health/live").status == 200
 
 
 def test_sigterm_lets_the_requests_in_flight_finish(
@@ -566,10 +595,15 @@ def test_the_production_server_end_to_end(
 
 # --- Several workers sharing one Redis (needs TEST_REDIS_URL) -----------------
 
-needs_redis = pytest.mark.skipif(
-    not os.environ.get("TEST_REDIS_URL"),
-    reason="needs TEST_REDIS_URL: several workers can only share a real Redis",
-)
+
+def needs_redis(test: Callable[..., None]) -> Callable[..., None]:
+    """Skipped without TEST_REDIS_URL: several workers can only share a real Redis."""
+    skip = pytest.mark.skipif(
+        not os.environ.get("TEST_REDIS_URL"),
+        reason="needs TEST_REDIS_URL: several workers can only share a real Redis",
+    )
+    marked: Callable[..., None] = pytest.mark.services(skip(test))
+    return marked
 
 
 @pytest.fixture

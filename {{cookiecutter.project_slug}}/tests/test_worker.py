@@ -51,11 +51,14 @@ WORKER_ARGUMENTS = ("--loglevel", "INFO", "--concurrency", "1")
 WELCOME = accounts.send_welcome_email.name
 PURGE = cleanup.purge_expired.name
 
-pytestmark = pytest.mark.skipif(
-    not (DATABASE.startswith("postgresql") and REDIS),
-    reason="a worker is another process: needs TEST_DATABASE_URL (PostgreSQL) "
-    "and TEST_REDIS_URL",
-)
+pytestmark = [
+    pytest.mark.services,
+    pytest.mark.skipif(
+        not (DATABASE.startswith("postgresql") and REDIS),
+        reason="a worker is another process: needs TEST_DATABASE_URL (PostgreSQL) "
+        "and TEST_REDIS_URL",
+    ),
+]
 
 
 def brokers() -> list[Any]:

@@ -86,12 +86,14 @@ class Metrics:
             ["result"],
             registry=registry,
         )
+{%- if cookiecutter.use_celery == "yes" %}
         self.tasks = Counter(
             "celery_tasks",
             "Background task runs, by task and outcome.",
             ["task", "outcome"],
             registry=registry,
         )
+{%- endif %}
 
 
 class BreakerStates(Collector):
