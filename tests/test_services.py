@@ -268,7 +268,7 @@ def test_api_docs_render_in_a_browser_without_network(
 @dataclass
 class ProductionServer:
     base: str
-    process: subprocess.Popen[str]
+    process: subprocess.Popen[bytes]
     database: str
     # Headers of an operator-made account: its read-write API key.
     writer: dict[str, str]
