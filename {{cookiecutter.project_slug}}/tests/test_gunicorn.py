@@ -921,7 +921,8 @@ def test_metrics_add_up_across_workers_and_outlive_a_dead_one(
     assert metric_value(text, "http_request_duration_seconds_count", **labels) == sent
 
     # A worker that dies keeps its counts in the total; its replacement adds on.
-    os.kill(pids.pop(), signal.SIGKILL)
+    killed = pids.pop()
+    os.kill(killed, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while True:
         try:
@@ -933,4 +934,7 @@ def test_metrics_add_up_across_workers_and_outlive_a_dead_one(
         time.sleep(0.1)
     text = server.request("GET", "/metrics", headers=scrape).body.decode()
     assert metric_value(text, "http_requests_total", **labels) == sent + 1
+    # Its counts moved to the archive: no file of its own is left to read.
+    assert not list(directory.glob(f"*_{killed}.db"))
+    assert (directory / "counter_archive.db").exists()
     assert server.stop() == 0

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import subprocess
+import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from flask import Flask, abort
+from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from {{ cookiecutter.package_name }}.auth import users
@@ -415,6 +419,45 @@ def test_a_thousand_distinct_urls_add_a_bounded_number_of_series(
     # and a histogram (a bucket per bound and +Inf, _count, _sum, _created).
     per_label_set = 2 + len(metrics.LATENCY_BUCKETS) + 4
     assert after - before == 2 * per_label_set
+
+
+# A process counting into PROMETHEUS_MULTIPROC_DIR, as a Gunicorn worker does.
+COUNTING_PROCESS = """
+import sys
+from prometheus_client import Counter, Histogram
+Counter("jobs", "Jobs.", ["kind"]).labels("a").inc(int(sys.argv[1]))
+Histogram("wait_seconds", "Waits.", buckets=(1,)).observe(0.5)
+"""
+
+
+def test_dead_workers_counts_move_to_one_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(metrics.MULTIPROCESS_VARIABLE, str(tmp_path))
+    pids = []
+    for count in (1, 2, 3, 4):
+        command = [sys.executable, "-c", COUNTING_PROCESS, str(count)]
+        with subprocess.Popen(command) as process:  # noqa: S603 - our own interpreter
+            assert process.wait(timeout=60) == 0
+        pids.append(process.pid)
+    for dead in pids[:3]:
+        metrics.worker_exited(dead)
+    # The live process's files, and one per kind for all the dead.
+    assert {path.name for path in tmp_path.glob("*.db")} == {
+        "counter_archive.db",
+        f"counter_{pids[3]}.db",
+        "histogram_archive.db",
+        f"histogram_{pids[3]}.db",
+    }
+    registry = CollectorRegistry()
+    metrics.SettledFilesCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("jobs_total", {"kind": "a"}) == 1 + 2 + 3 + 4
+    assert registry.get_sample_value("wait_seconds_count") == 4
+    assert registry.get_sample_value("wait_seconds_bucket", {"le": "1.0"}) == 4
+    # The last one goes too: the totals stay.
+    metrics.worker_exited(pids[3])
+    assert len(list(tmp_path.glob("*.db"))) == 2
+    assert registry.get_sample_value("jobs_total", {"kind": "a"}) == 10
 
 
 def test_unknown_methods_share_one_label(json_app: Flask) -> None:

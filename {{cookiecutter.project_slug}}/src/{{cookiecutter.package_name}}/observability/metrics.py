@@ -10,18 +10,24 @@ Under Gunicorn each worker is a process of its own: gunicorn.conf.py points
 PROMETHEUS_MULTIPROC_DIR at a directory emptied at every server start, each
 worker writes its values there, and /metrics adds up every worker's, the
 dead ones' included (a counter never goes back when a worker is replaced).
+A dead worker's counts move into one archive file per kind, so the files a
+scrape reads stay as many as the live workers, however often they recycle
+(max_requests).
 Without it (``flask run``, tests), values live in the app's own registry.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -36,6 +42,10 @@ UNMATCHED_ROUTE = "unmatched"
 # Seconds: from a cached read (a few ms) to the longest deadline (30 s).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BREAKER_STATES = ("closed", "half-open", "open")
+# The files of dead processes' values, summed: counter_archive.db, ...
+ARCHIVE = "archive"
+ARCHIVED_KINDS = ("counter", "histogram")
+LOCK_FILE = ".lock"
 
 
 class Metrics:
@@ -131,9 +141,44 @@ class SettledFilesCollector(MultiProcessCollector):
     """
 
     def collect(self) -> Iterable[Metric]:
-        files = [str(path) for path in Path(self._path).glob("*.db") if has_data(path)]
-        found: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        with directory_lock(self._path, exclusive=False):
+            files = [
+                str(path) for path in Path(self._path).glob("*.db") if has_data(path)
+            ]
+            found: Iterable[Metric] = self.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
         return found
+
+
+@contextmanager
+def directory_lock(directory: str | Path, *, exclusive: bool) -> Iterator[None]:
+    """Scrapes (shared) and archiving (exclusive) exclude each other, so that a
+    scrape counts a dead process's values once: in its file or in the archive."""
+    with Path(directory, LOCK_FILE).open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def archive(directory: Path, pid: int) -> None:
+    """Add dead process `pid`'s counters and histograms to the archive files,
+    and remove its own: the directory holds a file per live process, plus
+    one per kind for all the dead, however many workers come and go."""
+    for kind in ARCHIVED_KINDS:
+        dead = directory / f"{kind}_{pid}.db"
+        if not has_data(dead):
+            dead.unlink(missing_ok=True)
+            continue
+        archived = MmapedDict(str(directory / f"{kind}_{ARCHIVE}.db"))  # type: ignore[no-untyped-call]
+        try:
+            values = MmapedDict.read_all_values_from_file(str(dead))  # type: ignore[no-untyped-call]
+            for key, value, timestamp, _ in values:
+                total, latest = archived.read_value(key)  # type: ignore[no-untyped-call]
+                archived.write_value(key, total + value, max(latest, timestamp))  # type: ignore[no-untyped-call]
+        finally:
+            archived.close()  # type: ignore[no-untyped-call]
+        dead.unlink()
 
 
 def has_data(path: Path) -> bool:
@@ -168,10 +213,12 @@ def empty_directory(directory: str | Path) -> None:
 
 
 def worker_exited(pid: int) -> None:
-    """Drop a dead process's live gauges; its counters keep counting."""
+    """Drop a dead process's live gauges; its counts move to the archive."""
     directory = multiprocess_directory()
     if directory is not None:
-        mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+        with directory_lock(directory, exclusive=True):
+            mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
+            archive(Path(directory), pid)
 
 
 def init_app(app: Flask) -> Metrics:
