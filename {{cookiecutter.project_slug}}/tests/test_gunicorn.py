@@ -371,6 +371,14 @@ def test_the_environment_sets_port_workers_threads_and_forwarders() -> None:
             },
             "Error: FORWARDED_ALLOW_IPS=10.0.0.5 trusts proxies to report the",
         ),
+        (
+            {
+                "SECRET_KEY": SAFE_SECRET,
+                "DATABASE_URL": "sqlite://",
+                "PROMETHEUS_MULTIPROC_DIR": "/proc/no-such-directory",
+            },
+            "Error: PROMETHEUS_MULTIPROC_DIR=/proc/no-such-directory cannot hold",
+        ),
     ],
     ids=[
         "weak-secret-key",
@@ -379,6 +387,7 @@ def test_the_environment_sets_port_workers_threads_and_forwarders() -> None:
         "workers-without-redis",
         "runaway-workers",
         "forwarders-without-trusted-proxies",
+        "unusable-metrics-directory",
     ],
 )
 def test_a_refused_configuration_stops_the_server_in_one_line(

@@ -205,11 +205,20 @@ def exposition_registry(app: Flask) -> CollectorRegistry:
 
 
 def empty_directory(directory: str | Path) -> None:
-    """Create `directory`, or remove the values a previous server left in it."""
+    """Create `directory`, or remove the values a previous server left in it.
+
+    Stops the process in one line when the directory cannot be had.
+    """
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink(missing_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"Error: {MULTIPROCESS_VARIABLE}={directory} cannot hold the metrics "
+            f"of the server's processes: {error.strerror}"
+        ) from None
 
 
 def worker_exited(pid: int) -> None:
