@@ -14,6 +14,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from pathlib import Path
 
 from gunicorn import util
 from gunicorn.arbiter import Arbiter
@@ -23,10 +24,14 @@ from gunicorn.workers.base import Worker
 # adds up (observability/metrics.py). prometheus_client reads the variable
 # when it is first imported, by the app's package below, so it is set first:
 # PROMETHEUS_MULTIPROC_DIR when given (emptied at start), else a directory of
-# this server's own, removed when it exits.
-OWN_METRICS_DIRECTORY = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
-if OWN_METRICS_DIRECTORY:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="metrics-")
+# this server's own, made by on_starting (not by --check-config) and removed
+# when it exits. Gunicorn runs this file again on SIGHUP: the mark says whose
+# the directory is.
+OWN_METRICS_MARK = "GUNICORN_OWN_METRICS_DIRECTORY"
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_MARK] = str(
+        Path(tempfile.gettempdir(), f"metrics-{uuid.uuid4().hex}")
+    )
 
 from {{ cookiecutter.package_name }}.config import (  # noqa: E402 - after the variable
     LOG_LEVELS,
@@ -149,13 +154,14 @@ def on_starting(server: Arbiter) -> None:
 
 
 def child_exit(_server: Arbiter, worker: Worker) -> None:
-    """A worker is gone: its counters stay in the total, its live gauges go."""
+    """A worker is gone: its counts move to the archive, its live gauges go."""
     metrics.worker_exited(worker.pid)
 
 
 def on_exit(_server: Arbiter) -> None:
-    if OWN_METRICS_DIRECTORY:
-        shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+    directory = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    if os.environ.get(OWN_METRICS_MARK) == directory:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def write_problem(

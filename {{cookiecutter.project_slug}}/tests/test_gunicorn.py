@@ -36,6 +36,7 @@ from conftest import (
     Reply,
     outside_a_window_edge,
     signing_key_pem,
+    wait_until,
 )
 
 # Each test starts its own server on SQLite files of its own; those that share
@@ -275,17 +276,20 @@ def writer(operated_database: tuple[Path, str]) -> dict[str, str]:
     return {"Content-Type": "application/json", "X-API-Key": operated_database[1]}
 
 
-def test_the_config_passes_gunicorns_own_check() -> None:
+def test_the_config_passes_gunicorns_own_check(tmp_path: Path) -> None:
     result = subprocess.run(  # noqa: S603 - a fixed command line
         [*SERVER, "--check-config", "wsgi:application"],
         cwd=PROJECT,
-        env=server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL="sqlite://"),
+        env=server_env(0, SECRET_KEY=SAFE_SECRET, DATABASE_URL="sqlite://")
+        | {"TMPDIR": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    # No server started: no metrics directory was made.
+    assert list(tmp_path.iterdir()) == []
 
 
 def resolved_settings(**variables: str) -> dict[str, str]:
@@ -841,13 +845,23 @@ def test_redis_dying_mid_traffic_fails_no_request(
 
 
 def test_production_logs_are_json_lines_with_request_ids(
-    start_server: Any, production_database: str
+    start_server: Any, production_database: str, tmp_path: Path
 ) -> None:
-    server = start_server(SECRET_KEY=SAFE_SECRET, DATABASE_URL=production_database)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    server = start_server(
+        SECRET_KEY=SAFE_SECRET,
+        DATABASE_URL=production_database,
+        TMPDIR=str(temporary),
+    )
     answer = server.request("GET", "/api/v1/items", headers={"X-Request-ID": "gw-1"})
     assert answer.headers["X-Request-ID"] == "gw-1"
     assert server.request("GET", "/metrics").status == 403  # not public
+    # The workers count in a metrics directory of the server's own...
+    assert [path.name[:8] for path in temporary.iterdir()] == ["metrics-"]
     assert server.stop() == 0
+    # ...which goes when it stops.
+    assert list(temporary.iterdir()) == []
     lines = server.lines()  # every line parses as JSON
     booted = [line for line in lines if "Booting worker" in line["event"]]
     assert booted
@@ -943,7 +957,12 @@ def test_metrics_add_up_across_workers_and_outlive_a_dead_one(
         time.sleep(0.1)
     text = server.request("GET", "/metrics", headers=scrape).body.decode()
     assert metric_value(text, "http_requests_total", **labels) == sent + 1
-    # Its counts moved to the archive: no file of its own is left to read.
-    assert not list(directory.glob(f"*_{killed}.db"))
+    # Its counts moved to the archive (once the master has reaped it): no file
+    # of its own is left to read.
+    wait_until(
+        lambda: not list(directory.glob(f"*_{killed}.db")),
+        seconds=10,
+        what="the dead worker's files archived",
+    )
     assert (directory / "counter_archive.db").exists()
     assert server.stop() == 0

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import pybreaker
 import pytest
 import structlog
 from flask import Flask, abort
@@ -24,7 +25,7 @@ from {{ cookiecutter.package_name }}.observability import (
     logs,
     metrics,
 )
-from {{ cookiecutter.package_name }}.resilience import backpressure
+from {{ cookiecutter.package_name }}.resilience import backpressure, breakers, events
 
 from conftest import (
     PASSWORD,
@@ -460,6 +461,21 @@ def test_dead_workers_counts_move_to_one_archive(
     assert registry.get_sample_value("jobs_total", {"kind": "a"}) == 10
 
 
+def test_a_dead_workers_damaged_file_is_removed_not_raised(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It would fail every scrape; raising would stop Gunicorn's master.
+    monkeypatch.setenv(metrics.MULTIPROCESS_VARIABLE, str(tmp_path))
+    (tmp_path / "counter_5.db").write_bytes(b"not a metrics file")
+    metrics.worker_exited(5)
+    assert list(tmp_path.glob("*.db")) == []
+    assert "removed unreadable metrics file counter_5.db" in caplog.text
+    # A directory gone from under it is logged too.
+    monkeypatch.setenv(metrics.MULTIPROCESS_VARIABLE, str(tmp_path / "gone"))
+    metrics.worker_exited(6)
+    assert "could not archive the metrics of process 6" in caplog.text
+
+
 def test_unknown_methods_share_one_label(json_app: Flask) -> None:
     client = json_app.test_client()
     for method in ("BREW", "PURGE", "X-CUSTOM"):
@@ -549,6 +565,33 @@ def test_breaker_changes_and_state_are_reported(
     assert state[(("breaker", "pricing"), ("state", "closed"))] == 0
     changes = samples(text, "circuit_breaker_transitions_total")
     assert changes[(("breaker", "pricing"), ("state", "open"))] == 1
+
+
+def failing() -> None:
+    raise ConnectionError("the upstream is down")
+
+
+def test_a_change_another_worker_made_is_counted_by_that_worker_only(
+    app: Flask,
+) -> None:
+    # Two workers' breakers over one shared state (Redis, in production).
+    shared = pybreaker.CircuitMemoryStorage(pybreaker.STATE_CLOSED)
+    here, there = (
+        breakers.ConcurrentBreaker(
+            shared, name="shared", fail_max=1, listeners=[breakers.LoggingListener()]
+        )
+        for _ in range(2)
+    )
+    reported: list[str] = []
+
+    def count(_sender: object, **details: Any) -> None:
+        reported.append(details["state"])
+
+    with app.app_context(), events.breaker_changed.connected_to(count):
+        with pytest.raises(pybreaker.CircuitBreakerError):
+            there.call(failing)  # fail_max 1: this failure opens it
+        assert here.state.name == pybreaker.STATE_OPEN  # noticed, not made
+    assert reported == [pybreaker.STATE_OPEN]
 
 
 def test_metrics_can_be_turned_off(make_app: AppFactory) -> None:

@@ -28,6 +28,8 @@ from celery.exceptions import Retry
 from click.core import ParameterSource
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client import CollectorRegistry
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
@@ -37,7 +39,7 @@ from {{ cookiecutter.package_name }}.config import ConfigError, load_config
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import TokenFamily, User
 from {{ cookiecutter.package_name }}.models.base import utcnow
-from {{ cookiecutter.package_name }}.observability import metrics_of
+from {{ cookiecutter.package_name }}.observability import metrics, metrics_of
 from {{ cookiecutter.package_name }}.resilience import redis_store
 from {{ cookiecutter.package_name }}.tasks import (
     accounts,
@@ -823,11 +825,22 @@ def test_beat_and_inspect_leave_the_workers_metrics_alone(
 def test_a_pool_process_that_exits_leaves_its_counters(
     metrics_directory: Path,
 ) -> None:
-    live = metrics_directory / "gauge_livesum_4242.db"
+    # (The last run's file is for the worker's start to clear: not here.)
+    (metrics_directory / "counter_4242.db").unlink()
+    live = metrics_directory / "gauge_livesum_4243.db"
     live.write_bytes(b"")
-    signals.worker_process_shutdown.send(sender=None, pid=4242, exitcode=0)
+    counts = MmapedDict(str(metrics_directory / "counter_4243.db"))  # type: ignore[no-untyped-call]
+    key = mmap_key("celery_tasks", "celery_tasks_total", ["task"], ["t"], "Runs.")
+    counts.write_value(key, 3.0, 0.0)  # type: ignore[no-untyped-call]
+    counts.close()  # type: ignore[no-untyped-call]
+    answers = signals.worker_process_shutdown.send(sender=None, pid=4243, exitcode=0)
+    assert [answer for _, answer in answers if isinstance(answer, Exception)] == []
     assert not live.exists()
-    assert (metrics_directory / "counter_4242.db").exists()
+    # Its counts are in the archive, and its own file is gone.
+    assert not (metrics_directory / "counter_4243.db").exists()
+    registry = CollectorRegistry()
+    metrics.SettledFilesCollector(registry, path=str(metrics_directory))  # type: ignore[no-untyped-call]
+    assert registry.get_sample_value("celery_tasks_total", {"task": "t"}) == 3
 
 
 # --- Readiness --------------------------------------------------------------------

@@ -8,10 +8,8 @@ testing configuration never exports anywhere else.
 
 from __future__ import annotations
 
-import gc
-import importlib
-import importlib.util
-import json
+{% if cookiecutter.use_celery == "yes" %}import gc
+{% endif %}import json
 import os
 import socket
 import subprocess
@@ -24,6 +22,9 @@ from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import pytest
+{%- if cookiecutter.use_celery == "yes" %}
+from celery import signals
+{%- endif %}
 from flask import Flask
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
@@ -35,7 +36,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
 )
 from opentelemetry.trace import (
     SpanKind,
+{%- if cookiecutter.use_celery == "yes" %}
     StatusCode,
+{%- endif %}
     format_span_id,
     format_trace_id,
 )
@@ -58,9 +61,6 @@ from conftest import (
     wait_until,
 )
 
-PACKAGE = "{{ cookiecutter.package_name }}"
-# Whether this project runs background jobs (tasks/), whose spans join the trace.
-JOBS = importlib.util.find_spec(f"{PACKAGE}.tasks") is not None
 SERVER = [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py"]
 REGISTER = "/api/v1/auth/register"
 NEW_ACCOUNT = {"email": "traced@example.com", "password": PASSWORD}
@@ -138,9 +138,9 @@ def test_a_request_and_its_queries_are_one_trace(
         for value in (span.attributes or {}).values():
             assert NEW_ACCOUNT["email"] not in str(value)
             assert PASSWORD not in str(value)
+{%- if cookiecutter.use_celery == "yes" %}
 
 
-@pytest.mark.skipif(not JOBS, reason="this project runs no background jobs")
 def test_the_task_a_request_queues_is_in_its_trace(
     traced: Flask, exporter: InMemorySpanExporter
 ) -> None:
@@ -157,7 +157,6 @@ def test_the_task_a_request_queues_is_in_its_trace(
     assert any(scope_of(span) == "sqlalchemy" for span in spans if in_task(span))
 
 
-@pytest.mark.skipif(not JOBS, reason="this project runs no background jobs")
 def test_a_task_that_cannot_be_sent_ends_its_span_and_leaves_none_current(
     make_app: AppFactory, exporter: InMemorySpanExporter
 ) -> None:
@@ -182,6 +181,7 @@ def test_a_task_that_cannot_be_sent_ends_its_span_and_leaves_none_current(
         db.session.execute(text("SELECT 1"))
         db.session.remove()
     assert len(exporter.get_finished_spans()) == len(spans)
+{%- endif %}
 
 
 def test_spans_hold_no_query_string(
@@ -502,14 +502,12 @@ def test_no_exporter_runs_before_a_span_ends(
     make_app()
     wait_until(lambda: not started[0].is_alive(), what="the export thread to end")
     assert '"name": "first"' in capsys.readouterr().out
+{%- if cookiecutter.use_celery == "yes" %}
 
 
-@pytest.mark.skipif(not JOBS, reason="this project runs no background jobs")
 def test_a_worker_process_sends_what_it_holds_before_it_ends(
     make_app: AppFactory, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Celery is installed only with background jobs.
-    signals: Any = importlib.import_module("celery.signals")
     make_app(TRACING_EXPORTERS=("console",))
     with trace.get_tracer(__name__).start_as_current_span("last-task"):
         pass
@@ -517,6 +515,7 @@ def test_a_worker_process_sends_what_it_holds_before_it_ends(
     signals.worker_process_shutdown.send(sender=None, pid=os.getpid(), exitcode=0)
     assert '"name": "last-task"' in capsys.readouterr().out
     make_app()
+{%- endif %}
 
 
 def test_the_otlp_exporter_is_made_from_the_environment(

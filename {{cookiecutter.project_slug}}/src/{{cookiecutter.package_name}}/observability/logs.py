@@ -13,20 +13,21 @@ cut out of the finished line, wherever a message put them.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import structlog
 from gunicorn import glogging
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-LOG_FORMATS = ("json", "console")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+from ..config import CONFIGS, LOG_FORMATS, ProductionConfig, server_config_name
+
 REDACTED = "[redacted]"
 # Field names that hold a credential, wherever they appear in a line.
 SECRET_FIELD = re.compile(
@@ -201,12 +202,12 @@ def formatter(log_format: str) -> structlog.stdlib.ProcessorFormatter:
 def remember_secrets(values: Iterable[str | None]) -> None:
     """Cut these values out of every line from now on (replacing earlier ones)."""
     global _secrets  # noqa: PLW0603 - logging is configured once per process
+    kept = {value for value in values if value and len(value) >= SHORTEST_SECRET}
+    # As they appear in a line too: escaped in JSON, percent-decoded from a URL.
+    kept |= {json.dumps(value)[1:-1] for value in kept}
+    kept |= {unquote(value) for value in kept}
     _secrets = tuple(
-        sorted(
-            {value for value in values if value and len(value) >= SHORTEST_SECRET},
-            key=len,
-            reverse=True,  # longest first: a secret may contain another
-        )
+        sorted(kept, key=len, reverse=True)  # longest first: one may hold another
     )
 
 
@@ -275,15 +276,18 @@ class GunicornLogger(glogging.Logger):
     """Gunicorn's error log (and access log, when enabled) in the app's format.
 
     ``logger_class`` in gunicorn.conf.py, which sets the level from LOG_LEVEL;
-    LOG_FORMAT chooses json (the default) or console, as for the app. The
-    access log is off by default: the app writes one line per request, with
-    its id, route, status, duration and user.
+    the format is the app's: LOG_FORMAT, else the server's configuration's
+    (APP_ENV, production by default: json). A bad LOG_FORMAT is refused by
+    on_starting, in one line written with that default. The access log is off
+    by default: the app writes one line per request, with its id, route,
+    status, duration and user.
     """
 
     def setup(self, cfg: Any) -> None:
         super().setup(cfg)
-        chosen = os.environ.get("LOG_FORMAT", "json")
-        log_format = chosen if chosen in LOG_FORMATS else "json"
+        server_config = CONFIGS.get(server_config_name(), ProductionConfig)
+        chosen = os.environ.get("LOG_FORMAT", "").lower()
+        log_format = chosen if chosen in LOG_FORMATS else server_config.LOG_FORMAT
         for log in (self.error_log, self.access_log):
             for handler in log.handlers:
                 handler.setFormatter(formatter(log_format))

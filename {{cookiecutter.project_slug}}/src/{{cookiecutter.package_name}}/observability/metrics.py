@@ -19,6 +19,7 @@ Without it (``flask run``, tests), values live in the app's own registry.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -46,6 +47,8 @@ BREAKER_STATES = ("closed", "half-open", "open")
 ARCHIVE = "archive"
 ARCHIVED_KINDS = ("counter", "histogram")
 LOCK_FILE = ".lock"
+
+logger = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -170,9 +173,16 @@ def archive(directory: Path, pid: int) -> None:
         if not has_data(dead):
             dead.unlink(missing_ok=True)
             continue
+        try:
+            # Read whole (the reader is lazy), before anything is written.
+            values = list(MmapedDict.read_all_values_from_file(str(dead)))  # type: ignore[no-untyped-call]
+        except Exception:  # noqa: BLE001 - whatever a damaged file raises
+            # Unreadable, it would fail every scrape: its counts are lost.
+            logger.warning("removed unreadable metrics file %s", dead.name)
+            dead.unlink()
+            continue
         archived = MmapedDict(str(directory / f"{kind}_{ARCHIVE}.db"))  # type: ignore[no-untyped-call]
         try:
-            values = MmapedDict.read_all_values_from_file(str(dead))  # type: ignore[no-untyped-call]
             for key, value, timestamp, _ in values:
                 total, latest = archived.read_value(key)  # type: ignore[no-untyped-call]
                 archived.write_value(key, total + value, max(latest, timestamp))  # type: ignore[no-untyped-call]
@@ -222,12 +232,20 @@ def empty_directory(directory: str | Path) -> None:
 
 
 def worker_exited(pid: int) -> None:
-    """Drop a dead process's live gauges; its counts move to the archive."""
+    """Drop a dead process's live gauges; its counts move to the archive.
+
+    A file it cannot write (a full disk) is logged, not raised: Gunicorn's
+    master runs this, and would stop on an error.
+    """
     directory = multiprocess_directory()
-    if directory is not None:
+    if directory is None:
+        return
+    try:
         with directory_lock(directory, exclusive=True):
             mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
             archive(Path(directory), pid)
+    except OSError as error:  # a full disk, a directory removed by hand
+        logger.error("could not archive the metrics of process %s: %s", pid, error)
 
 
 def init_app(app: Flask) -> Metrics:

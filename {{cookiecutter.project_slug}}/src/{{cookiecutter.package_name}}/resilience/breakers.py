@@ -18,6 +18,7 @@ import logging
 import math
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -25,7 +26,7 @@ from typing import Any, NoReturn, TypeVar
 
 import pybreaker
 import redis
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app
 from werkzeug.exceptions import ServiceUnavailable
 from werkzeug.utils import import_string
 
@@ -160,6 +161,34 @@ class ConcurrentBreaker(pybreaker.CircuitBreaker):
         self.storage = storage  # pybreaker's own reference is private
         self._lock_for_calls = threading.Lock()
         self._trial = False
+        self._changing = threading.local()
+
+    @property
+    def changing(self) -> bool:
+        """Whether this thread is changing the state now. Otherwise a state
+        change the listeners hear of was made by another process (the state
+        in Redis), and this one only noticed it."""
+        return bool(getattr(self._changing, "active", False))
+
+    @contextmanager
+    def _change(self) -> Iterator[None]:
+        self._changing.active = True
+        try:
+            yield
+        finally:
+            self._changing.active = False
+
+    def open(self) -> bool:
+        with self._change():
+            return super().open()
+
+    def half_open(self) -> None:
+        with self._change():
+            super().half_open()
+
+    def close(self) -> None:
+        with self._change():
+            super().close()
 
     @property
     def trial_running(self) -> bool:
@@ -228,14 +257,17 @@ class LoggingListener(pybreaker.CircuitBreakerListener):
         old_state: pybreaker.CircuitBreakerState | None,
         new_state: pybreaker.CircuitBreakerState,
     ) -> None:
+        if isinstance(cb, ConcurrentBreaker) and not cb.changing:
+            # Another worker changed it (and reported it): counted once.
+            logger.info("circuit breaker %s is %s", cb.name, new_state.name)
+            return
         logger.warning(
             "circuit breaker %s: %s -> %s",
             cb.name,
             old_state.name if old_state else "new",
             new_state.name,
         )
-        if has_app_context():
-            events.report(events.breaker_changed, breaker=cb.name, state=new_state.name)
+        events.report(events.breaker_changed, breaker=cb.name, state=new_state.name)
 
 
 @dataclass

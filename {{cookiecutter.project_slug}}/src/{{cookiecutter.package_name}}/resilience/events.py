@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from blinker import NamedSignal, Namespace
-from flask import current_app
+from flask import current_app, has_app_context
 
 _signals = Namespace()
 rate_limited = _signals.signal("rate-limited")
@@ -25,7 +25,8 @@ cache_lookup = _signals.signal("cache-lookup")
 
 
 def report(signal: NamedSignal, **details: Any) -> None:
-    """Send `signal` from the current app (nothing to do without receivers)."""
-    if signal.receivers:
+    """Send `signal` from the current app (nothing to do without receivers, or
+    outside an app, where no app counts it)."""
+    if signal.receivers and has_app_context():
         app = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
         signal.send(app, **details)
