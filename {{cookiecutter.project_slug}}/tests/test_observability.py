@@ -350,6 +350,27 @@ def test_secrets_of_settings_include_passwords_inside_urls() -> None:
     }
 
 
+def test_secrets_are_cut_out_however_a_line_writes_them(
+    make_app: AppFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JSON escapes the quote, the backslash and the "ö"; a URL's password is
+    # percent-encoded in the setting and may be logged decoded.
+    key = 'k3y"with\\quotes-and-ümlauts-9QzX'
+    make_app(
+        LOG_FORMAT="json",
+        SECRET_KEY=key,
+        REDIS_URL="redis://:p%40ss-w0rd-77@127.0.0.1:9/0",
+    )
+    capsys.readouterr()
+    log = get_logger("careless")
+    log.info("configured", key=key)
+    log.info("connecting with p@ss-w0rd-77")
+    written = capsys.readouterr().err
+    assert json.dumps(key)[1:-1] not in written
+    assert "p@ss-w0rd-77" not in written
+    assert written.count(logs.REDACTED) == 2
+
+
 # --- Settings ------------------------------------------------------------------
 
 
