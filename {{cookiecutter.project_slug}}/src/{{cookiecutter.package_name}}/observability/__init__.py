@@ -14,23 +14,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, request
+from flask import Flask
 
 from ..resilience import events
 from . import logs, metrics, requests
 from .logs import configure_logging, get_logger
-from .metrics import Metrics, metrics_of
+from .metrics import counting, current_route, metrics_of
 from .requests import request_id
 from .views import metrics_bp
-
-
-def counting(app: Flask) -> Metrics | None:
-    """The metrics of `app`, when it counts (METRICS_ENABLED)."""
-    return metrics_of(app) if app.config["METRICS_ENABLED"] else None
-
-
-def current_route() -> str:
-    return metrics.route_of(request.url_rule.rule if request.url_rule else None)
 
 
 def count_rate_limited(app: Flask, *, policy: str, **_extra: Any) -> None:

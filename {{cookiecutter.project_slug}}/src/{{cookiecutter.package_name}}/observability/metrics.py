@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from flask import Flask
+from flask import Flask, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
@@ -262,8 +262,15 @@ def metrics_of(app: Flask) -> Metrics:
     return found
 
 
-def route_of(rule: str | None) -> str:
-    return rule or UNMATCHED_ROUTE
+def counting(app: Flask) -> Metrics | None:
+    """The metrics of `app`, when it counts (METRICS_ENABLED)."""
+    return metrics_of(app) if app.config["METRICS_ENABLED"] else None
+
+
+def current_route() -> str:
+    """The current request's route template, or "unmatched"."""
+    rule = request.url_rule
+    return rule.rule if rule is not None else UNMATCHED_ROUTE
 
 
 def method_of(method: str) -> str:

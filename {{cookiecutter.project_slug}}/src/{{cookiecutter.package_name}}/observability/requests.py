@@ -20,7 +20,7 @@ from sqlalchemy import inspect
 
 from ..auth import known_principal
 from .logs import get_logger
-from .metrics import method_of, metrics_of, route_of
+from .metrics import counting, current_route, method_of
 
 HEADER = "X-Request-ID"
 # An incoming id is kept only when it is short and plain (no spaces, quotes or
@@ -56,7 +56,7 @@ def start() -> None:
     structlog.contextvars.bind_contextvars(
         request_id=identifier,
         method=request.method,
-        route=route_of(request.url_rule.rule if request.url_rule else None),
+        route=current_route(),
     )
 
 
@@ -66,10 +66,9 @@ def finish(response: Response) -> Response:
     response.headers[HEADER] = identifier
     started = request.environ.get(STARTED_KEY)
     duration = time.perf_counter() - started if started is not None else 0.0
-    route = route_of(request.url_rule.rule if request.url_rule else None)
+    route = current_route()
     status = response.status_code
-    if current_app.config["METRICS_ENABLED"]:
-        metrics = metrics_of(current_app)
+    if metrics := counting(current_app):
         method = method_of(request.method)
         metrics.requests.labels(method, route, status).inc()
         metrics.latency.labels(method, route, status).observe(duration)

@@ -32,7 +32,7 @@ from flask import Flask
 from prometheus_client import CollectorRegistry, start_http_server
 from structlog.typing import EventDict, WrappedLogger
 
-from ..observability import metrics, metrics_of
+from ..observability import metrics
 from ..observability.requests import SANE_REQUEST_ID
 
 # The message header naming the request that sent a task (FlaskTask.apply_async).
@@ -121,8 +121,8 @@ def celery_task_fields(
 def count_outcome(task: Task[Any, Any], outcome: str) -> None:
     """Count one run of `task` in the metrics of its app (METRICS_ENABLED)."""
     app: Flask | None = getattr(task, "flask_app", None)
-    if app is not None and app.config["METRICS_ENABLED"]:
-        metrics_of(app).tasks.labels(task.name, outcome).inc()
+    if app is not None and (found := metrics.counting(app)):
+        found.tasks.labels(task.name, outcome).inc()
 
 
 @signals.task_success.connect
