@@ -184,5 +184,9 @@ def start_metrics_server(sender: Any, **_extra: object) -> WSGIServer | None:
 
 @signals.worker_process_shutdown.connect
 def forget_pool_process(pid: int, **_extra: object) -> None:
-    """A pool process exits: its live gauges go, its counters stay in the sum."""
+    """A pool process exits: its live gauges go, its counts move to the archive.
+
+    Sent by the exiting process itself, so not by one killed outright: its
+    file stays (and is counted) until the worker's next start empties it.
+    """
     metrics.worker_exited(pid)
