@@ -25,7 +25,11 @@ from {{ cookiecutter.package_name }}.observability import (
     logs,
     metrics,
 )
-from {{ cookiecutter.package_name }}.resilience import backpressure, breakers, events
+from {{ cookiecutter.package_name }}.resilience import (
+    backpressure,
+    breakers,
+    events,
+)
 
 from conftest import (
     PASSWORD,
