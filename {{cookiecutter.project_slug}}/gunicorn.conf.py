@@ -28,7 +28,7 @@ from gunicorn.workers.base import Worker
 # when it exits. Gunicorn runs this file again on SIGHUP: the mark says whose
 # the directory is.
 OWN_METRICS_MARK = "GUNICORN_OWN_METRICS_DIRECTORY"
-if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # unset, or set empty
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.environ[OWN_METRICS_MARK] = str(
         Path(tempfile.gettempdir(), f"metrics-{uuid.uuid4().hex}")
     )

@@ -853,6 +853,8 @@ def test_production_logs_are_json_lines_with_request_ids(
         SECRET_KEY=SAFE_SECRET,
         DATABASE_URL=production_database,
         TMPDIR=str(temporary),
+        # Empty is unset: not the working directory, whose *.db would go.
+        PROMETHEUS_MULTIPROC_DIR="",
     )
     answer = server.request("GET", "/api/v1/items", headers={"X-Request-ID": "gw-1"})
     assert answer.headers["X-Request-ID"] == "gw-1"

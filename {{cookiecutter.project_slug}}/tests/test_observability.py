@@ -310,14 +310,49 @@ def test_refused_request_lines_lose_their_query_string(
     assert line["event"].endswith("'GET /a?[query removed] HTTP/1.1'")
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        "Invalid HTTP Header: 'X-API-Key ak_0123456789ab_s3cr3t'",
+        "Invalid HTTP header name: 'Cookie\\x01session=s3cr3t'",
+        "Unable to comply with expectation: 's3cr3t'",
+        "Unsupported transfer coding: 's3cr3t'",
+        "No more data after: b'Authorization: Bearer s3cr3t'",
+    ],
+)
+def test_refused_headers_are_left_out_of_gunicorns_lines(
+    capsys: pytest.CaptureFixture[str], error: str
+) -> None:
+    logging.getLogger("gunicorn.error").warning(
+        "Invalid request from ip=%s: %s", "10.0.0.1", error
+    )
+    (line,) = logged(capsys)
+    kind = error.split(": ", 1)[0]
+    assert line["event"] == f"Invalid request from ip=10.0.0.1: {kind}: [removed]"
+
+
+def test_a_question_in_gunicorns_own_messages_is_kept(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logging.getLogger("gunicorn.error").error(
+        "Worker (pid:%s) was sent SIGKILL! Perhaps out of memory?", 42
+    )
+    (line,) = logged(capsys)
+    assert line["event"].endswith("Perhaps out of memory?")
+
+
 def test_a_token_in_a_path_is_cut_out(
     json_app: Flask, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"
+    api_key = "ak_0123456789ab_hFISq9ENKGg-GEduibHPFqoQ_V30Tp1pKHO2zSwvjz4"
     json_app.test_client().get(f"/api/v1/auth/me/{token}")
+    json_app.test_client().get(f"/nope/{api_key}")
     written = capsys.readouterr().err
     assert token not in written
     assert "/api/v1/auth/me/[redacted]" in written
+    assert api_key not in written
+    assert "/nope/[redacted]" in written
 
 
 def test_failed_probes_and_scrapes_are_logged_at_info(

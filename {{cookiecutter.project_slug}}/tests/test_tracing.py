@@ -198,6 +198,22 @@ def test_spans_hold_no_query_string(
             assert "s3cr3t" not in str(value)
 
 
+def test_a_path_no_route_serves_names_no_span_and_leaks_no_credential(
+    traced: Flask, exporter: InMemorySpanExporter
+) -> None:
+    api_key = "ak_0123456789ab_hFISq9ENKGg-GEduibHPFqoQ_V30Tp1pKHO2zSwvjz4"
+    assert traced.test_client().get(f"/nope/{api_key}").status_code == 404
+    assert traced.test_client().get("/nope/other").status_code == 404
+    spans = exporter.get_finished_spans()
+    # One name for every unmatched path: no series per path, no key in it.
+    assert [span.name for span in spans] == ["GET", "GET"]
+    for span in spans:
+        for value in (span.attributes or {}).values():
+            assert api_key not in str(value)
+    assert spans[0].attributes is not None
+    assert spans[0].attributes["http.target"] == "/nope/[redacted]"
+
+
 def test_a_host_trusted_hosts_refuses_is_answered_and_not_traced(
     make_app: AppFactory, exporter: InMemorySpanExporter
 ) -> None:
@@ -438,6 +454,13 @@ def test_the_sampler_and_switches_come_from_the_environment() -> None:
             "OTEL_PYTHON_DISABLED_INSTRUMENTATIONS names django",
         ),
         ({"OTEL_SDK_DISABLED": "maybe"}, "OTEL_SDK_DISABLED='maybe'"),
+        # The SDK would raise these when the first span ends, in a request.
+        (
+            {"OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096"},
+            "OTEL_BSP_MAX_EXPORT_BATCH_SIZE=4096 is more than OTEL_BSP_MAX_QUEUE_SIZE",
+        ),
+        ({"OTEL_BSP_SCHEDULE_DELAY": "-1"}, "OTEL_BSP_SCHEDULE_DELAY='-1' must be"),
+        ({"OTEL_BSP_MAX_QUEUE_SIZE": "0"}, "OTEL_BSP_MAX_QUEUE_SIZE='0' must be"),
     ],
 )
 def test_a_bad_otel_setting_stops_the_start_up(

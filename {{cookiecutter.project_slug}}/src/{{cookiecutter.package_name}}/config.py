@@ -493,6 +493,7 @@ def trace_exporters(environ: Mapping[str, str]) -> tuple[str, ...]:
                 "for http/protobuf only (grpc needs "
                 "opentelemetry-exporter-otlp-proto-grpc)"
             )
+    check_batch_settings(environ)
     names = [name.lower() for name in env_list(environ, "OTEL_TRACES_EXPORTER") or []]
     if not names:
         endpoint = any(environ.get(variable, "").strip() for variable in OTLP_ENDPOINTS)
@@ -503,6 +504,21 @@ def trace_exporters(environ: Mapping[str, str]) -> tuple[str, ...]:
             f"{', '.join(sorted(TRACE_EXPORTERS))} (comma-separated)"
         )
     return tuple(dict.fromkeys(name for name in names if name != "none"))
+
+
+def check_batch_settings(environ: Mapping[str, str]) -> None:
+    """The batch span processor's OTEL_BSP_* settings (milliseconds and span
+    counts). The SDK checks them only when a process ends its first span: a
+    bad value would fail that request, and every one after it."""
+    queue = env_int(environ, "OTEL_BSP_MAX_QUEUE_SIZE", 2048)
+    batch = env_int(environ, "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512)
+    env_int(environ, "OTEL_BSP_SCHEDULE_DELAY", 5000)
+    env_int(environ, "OTEL_BSP_EXPORT_TIMEOUT", 30000)
+    if batch > queue:
+        raise ConfigError(
+            f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is more than "
+            f"OTEL_BSP_MAX_QUEUE_SIZE={queue}: batches are taken from the queue"
+        )
 
 
 def trace_sampler(environ: Mapping[str, str]) -> tuple[str, float]:

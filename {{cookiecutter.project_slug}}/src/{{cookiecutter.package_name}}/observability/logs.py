@@ -36,10 +36,21 @@ SECRET_FIELD = re.compile(
     re.IGNORECASE,
 )
 # A query string inside a message (Gunicorn quotes the request lines it refuses).
-QUERY_STRING = re.compile(r"\?[^\s'\"]*")
-# A JWT (header.payload.signature, the header starting as base64url of '{"'),
-# wherever it appears: a client may put one in a path.
-JWT = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]+")
+QUERY_STRING = re.compile(r"\?[^\s'\"]+")
+# Gunicorn's refusals ("Invalid request from ip=...: <error>: <data>") quote
+# what they could not parse. The request line, method and version are kept
+# (the query string cut); a header, a chunk or a PROXY line may carry a
+# credential or a cookie, and is left out.
+REFUSAL = "Invalid request from ip="
+QUOTES_KEPT = (
+    "Invalid HTTP request line",
+    "Invalid HTTP method",
+    "Invalid HTTP Version",
+)
+# Credentials, wherever they appear (a client may put one in a path): a JWT
+# (header.payload.signature, the header starting as base64url of '{"') and
+# this service's API keys (ak_<prefix>_<secret>, auth/users.py).
+CREDENTIAL = re.compile(r"eyJ[\w-]*\.[\w-]+\.[\w-]+|ak_[0-9a-f]{12}_[\w-]+")
 # A secret shorter than this is not searched for in lines (it would match
 # ordinary text); the settings that hold secrets refuse such values anyway.
 SHORTEST_SECRET = 8
@@ -112,6 +123,16 @@ def add_process_id(
     return event_dict
 
 
+def without_refused_data(message: str) -> str:
+    """A Gunicorn error line without the query string or header it quotes."""
+    if message.startswith(REFUSAL):
+        source, _, error = message.partition(": ")
+        kind, quoted, _data = error.partition(": ")
+        if quoted and not kind.startswith(QUOTES_KEPT):
+            return f"{source}: {kind}: [removed]"
+    return QUERY_STRING.sub("?[query removed]", message)
+
+
 def gunicorn_access_fields(
     _logger: WrappedLogger, _method: str, event_dict: EventDict
 ) -> EventDict:
@@ -123,8 +144,7 @@ def gunicorn_access_fields(
     atoms = event_dict.pop("positional_args", None)
     record = event_dict.get("_record")
     if record is not None and record.name == "gunicorn.error":
-        # Its refusals quote the request line they could not parse.
-        event_dict["event"] = QUERY_STRING.sub("?[query removed]", event_dict["event"])
+        event_dict["event"] = without_refused_data(event_dict["event"])
     if record is None or record.name != "gunicorn.access":
         return event_dict
     if not isinstance(atoms, Mapping):
@@ -152,8 +172,8 @@ class Scrubbed:
         self, logger: WrappedLogger, method: str, event_dict: EventDict
     ) -> str:
         line = str(self.renderer(logger, method, event_dict))
-        if "eyJ" in line:
-            line = JWT.sub(REDACTED, line)
+        if "eyJ" in line or "ak_" in line:
+            line = CREDENTIAL.sub(REDACTED, line)
         for secret in _secrets:
             if secret in line:
                 line = line.replace(secret, REDACTED)

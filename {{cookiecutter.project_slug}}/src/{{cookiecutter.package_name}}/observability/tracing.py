@@ -284,15 +284,26 @@ def without_query(url: str) -> str:
     return url.split("?", 1)[0]
 
 
+def name_unmatched(span: trace.Span | None, _environ: Any) -> None:
+    """A request no route serves is named by its method alone (as the
+    specification says): its path is the client's, unbounded, and may hold
+    a credential."""
+    if span is not None and span.is_recording() and request.url_rule is None:
+        span.update_name(getattr(span, "name", "HTTP").split(" ", 1)[0])
+
+
 def hide_query(span: trace.Span | None, _status: str, _headers: Any) -> None:
-    """A request's span holds its path, never its query string (as its log line)."""
+    """A request's span holds its path, never its query string, nor a
+    credential in its path (as its log line)."""
     if span is None or not span.is_recording():
         return
     attributes = getattr(span, "attributes", None) or {}
-    for name in ("http.target", "http.url", "url.full"):
+    for name in ("http.target", "http.url", "url.full", "url.path"):
         value = attributes.get(name)
-        if isinstance(value, str) and "?" in value:
-            span.set_attribute(name, without_query(value))
+        if isinstance(value, str):
+            cleaned = logs.CREDENTIAL.sub(logs.REDACTED, without_query(value))
+            if cleaned != value:
+                span.set_attribute(name, cleaned)
     if attributes.get("url.query"):
         span.set_attribute("url.query", logs.REDACTED)
 
@@ -347,6 +358,7 @@ def instrument_flask(app: Flask, provider: TracerProvider, excluded: str) -> Non
         app,
         tracer_provider=provider,
         excluded_urls=excluded,
+        request_hook=name_unmatched,
         response_hook=hide_query,
         # Its context for SQL comments is attached for every request, never
         # detached, and read by no one: SQLAlchemy's comments are off.
