@@ -141,6 +141,19 @@ def signed_in(app: Flask, *others: Flask) -> list[FlaskClient]:
     return clients
 
 
+def needs_service(
+    *, available: bool, reason: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark a test `services`, and skip it (saying `reason`) unless `available`."""
+
+    def mark(test: Callable[..., None]) -> Callable[..., None]:
+        skipped = pytest.mark.skipif(not available, reason=reason)(test)
+        marked: Callable[..., None] = pytest.mark.services(skipped)
+        return marked
+
+    return mark
+
+
 def wait_until(
     condition: Callable[[], bool], seconds: float = 5, what: str = "the condition"
 ) -> None:

@@ -8,7 +8,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,23 +33,18 @@ from {{ cookiecutter.package_name }}.database import (
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 
-from conftest import AppFactory, Relay, add_account, signed_in
+from conftest import AppFactory, Relay, add_account, needs_service, signed_in
 
 ITEMS = "/api/v1/items"
 POSTGRESQL_URL = os.environ.get("TEST_DATABASE_URL", "")
 ON_POSTGRESQL = POSTGRESQL_URL.startswith("postgres")
 
 
-def needs_postgresql(test: Callable[..., None]) -> Callable[..., None]:
-    """Skipped without TEST_DATABASE_URL=postgresql://...: only a PostgreSQL
-    connection can freeze."""
-    skip = pytest.mark.skipif(
-        not ON_POSTGRESQL,
-        reason="needs TEST_DATABASE_URL=postgresql://...: only a PostgreSQL "
-        "connection can freeze",
-    )
-    marked: Callable[..., None] = pytest.mark.services(skip(test))
-    return marked
+needs_postgresql = needs_service(
+    available=ON_POSTGRESQL,
+    reason="needs TEST_DATABASE_URL=postgresql://...: only a PostgreSQL "
+    "connection can freeze",
+)
 
 
 # DATABASE_STATEMENT_TIMEOUT and DATABASE_CONNECT_TIMEOUT of the frozen tests.

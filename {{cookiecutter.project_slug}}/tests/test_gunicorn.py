@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +34,7 @@ from conftest import (
     PROJECT,
     FakeUpstream,
     Reply,
+    needs_service,
     outside_a_window_edge,
     signing_key_pem,
     wait_until,
@@ -609,14 +610,10 @@ def test_the_production_server_end_to_end(
 # --- Several workers sharing one Redis (needs TEST_REDIS_URL) -----------------
 
 
-def needs_redis(test: Callable[..., None]) -> Callable[..., None]:
-    """Skipped without TEST_REDIS_URL: several workers can only share a real Redis."""
-    skip = pytest.mark.skipif(
-        not os.environ.get("TEST_REDIS_URL"),
-        reason="needs TEST_REDIS_URL: several workers can only share a real Redis",
-    )
-    marked: Callable[..., None] = pytest.mark.services(skip(test))
-    return marked
+needs_redis = needs_service(
+    available=bool(os.environ.get("TEST_REDIS_URL")),
+    reason="needs TEST_REDIS_URL: several workers can only share a real Redis",
+)
 
 
 @pytest.fixture

@@ -439,8 +439,6 @@ def end_failed_send(task_name: str, task_id: str, error: Exception) -> None:
     make it current again in whatever the thread runs then: a later query or
     task would join a trace that has ended.
     """
-    if "celery" not in library_instrumentors():
-        return
     # The instrumentation's own bookkeeping: the span, under the task its
     # signals name (the default Celery app's), and the send's id.
     utils: Any = importlib.import_module("opentelemetry.instrumentation.celery.utils")
