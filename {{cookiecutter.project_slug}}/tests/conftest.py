@@ -520,6 +520,10 @@ class RedisTarget:
         return {
             "REDIS_URL": self.url,
             "REDIS_KEY_PREFIX": self.prefix,
+            # Outages here are cut(), refused at once, so the short production
+            # timeout is not under test; a loaded CI machine can hold the
+            # relay's threads past it, which read as Redis being down.
+            "REDIS_TIMEOUT": 5.0,
             "CACHE_TYPE": f"{store.__package__}.redis_cache.SafeRedisCache",
         }
 
