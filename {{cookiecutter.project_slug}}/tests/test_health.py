@@ -66,7 +66,38 @@ def test_a_failing_check_does_not_hide_the_others(
         "status": "fail",
         "duration_ms": checks["queue"]["duration_ms"],
         "error": "queue is full",
+        "detail": None,
     }
+
+
+def test_a_non_critical_failure_warns_and_stays_ready(
+    app: Flask, client: FlaskClient
+) -> None:
+    def broken() -> None:
+        raise HealthCheckError("no worker answered")
+
+    def observed() -> str:
+        return "a worker answered 3 s ago"
+
+    add_check(app, "workers", broken, critical=False)
+    add_check(app, "mirror", observed, critical=False)
+    response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json is not None
+    assert response.json["status"] == "pass"
+    checks = response.json["checks"]
+    assert checks["workers"]["status"] == "warn"
+    assert checks["workers"]["error"] == "no worker answered"
+    assert checks["mirror"]["status"] == "pass"
+    assert checks["mirror"]["detail"] == "a worker answered 3 s ago"
+    # A critical failure still fails the probe, warnings or not.
+    add_check(app, "queue", broken)
+    response = client.get("/health/ready")
+    assert response.status_code == 503
+    assert response.json is not None
+    assert response.json["status"] == "fail"
+    assert response.json["checks"]["workers"]["status"] == "warn"
+    assert response.json["checks"]["queue"]["status"] == "fail"
 
 
 def test_startup_waits_for_migrations(client: FlaskClient) -> None:
@@ -108,6 +139,7 @@ def test_a_check_that_hangs_fails_at_its_deadline(
         release.wait(10)
 
     add_check(app, "stuck", stuck)
+    add_check(app, "stuck-optional", stuck, critical=False)
     try:
         response = app.test_client().get("/health/ready")
     finally:
@@ -117,6 +149,8 @@ def test_a_check_that_hangs_fails_at_its_deadline(
     checks = response.json["checks"]
     assert checks["stuck"]["error"] == "timed out after 0.2 s"
     assert checks["stuck"]["status"] == "fail"
+    assert checks["stuck-optional"]["error"] == "timed out after 0.2 s"
+    assert checks["stuck-optional"]["status"] == "warn"
     assert checks["database"]["status"] == "pass"
 
 

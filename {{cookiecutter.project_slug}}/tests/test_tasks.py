@@ -25,6 +25,8 @@ from celery.app.log import Logging
 from celery.app.trace import LOG_RECEIVED
 from celery.bin.worker import worker as worker_command
 from celery.exceptions import Retry
+from celery.utils.timer2 import Timer
+from celery.worker.heartbeat import Heart
 from click.core import ParameterSource
 from flask import Flask
 from flask.testing import FlaskClient
@@ -37,6 +39,7 @@ from sqlalchemy.exc import OperationalError
 from fake_smtp import smtp_server
 from {{ cookiecutter.package_name }}.config import ConfigError, load_config
 from {{ cookiecutter.package_name }}.extensions import db
+from {{ cookiecutter.package_name }}.health import HealthCheckError
 from {{ cookiecutter.package_name }}.models import TokenFamily, User
 from {{ cookiecutter.package_name }}.models.base import utcnow
 from {{ cookiecutter.package_name }}.observability import metrics, metrics_of
@@ -50,7 +53,15 @@ from {{ cookiecutter.package_name }}.tasks import (
 from {{ cookiecutter.package_name }}.tasks.beat import (
     HeartbeatScheduler,
     heartbeat_file,
+)
+from {{ cookiecutter.package_name }}.tasks.heartbeats import (
+    WORKER_HEARTBEAT_FILE,
+    heartbeat_age,
     write_heartbeat,
+)
+from {{ cookiecutter.package_name }}.tasks.workers import (
+    FRESH_FOR,
+    WorkerPings,
 )
 
 from conftest import (
@@ -60,6 +71,7 @@ from conftest import (
     RedisTarget,
     add_account,
     production_settings,
+    wait_until,
 )
 
 AUTH = "/api/v1/auth"
@@ -622,6 +634,125 @@ def test_beat_alive_fails_on_a_stale_or_missing_heartbeat(
     assert beat_alive(app, "--max-age", "600")[0] == 0
 
 
+# --- The worker's heartbeat -------------------------------------------------------
+
+
+@pytest.fixture
+def heartbeat_app(make_app: AppFactory, tmp_path: Path) -> Flask:
+    """An app whose worker's heartbeat goes into a folder not made yet."""
+    return make_app(CELERY_WORKER_HEARTBEAT_FILE=str(tmp_path / "var" / "worker"))
+
+
+def worker_heartbeat(app: Flask) -> Path:
+    return Path(celery_of(app).conf[WORKER_HEARTBEAT_FILE])
+
+
+def test_the_workers_heartbeat_is_in_the_instance_folder(make_app: AppFactory) -> None:
+    app = make_app()
+    assert worker_heartbeat(app) == Path(app.instance_path, "celery-worker.heartbeat")
+    settings = production_settings(CELERY_WORKER_HEARTBEAT_FILE="/run/heartbeat")
+    config = load_config("production", settings)
+    assert config.CELERY_WORKER_HEARTBEAT_FILE == "/run/heartbeat"
+
+
+def test_a_worker_has_a_heartbeat_from_ready_to_shutdown(heartbeat_app: Flask) -> None:
+    path = worker_heartbeat(heartbeat_app)
+    # As `celery worker` sends them: each sender knows the worker's Celery app.
+    worker = celery_of(heartbeat_app).WorkController
+    signals.worker_init.send(sender=worker)
+    assert path.parent.is_dir()
+    assert not path.exists()
+    signals.worker_ready.send(sender=worker)
+    age = heartbeat_age(path, time.time())
+    assert age is not None
+    assert age < 1
+    signals.worker_shutdown.send(sender=worker)
+    assert not path.exists()
+    # A start clears the heartbeat a worker killed outright left behind.
+    write_heartbeat(path, time.time())
+    signals.worker_init.send(sender=worker)
+    assert not path.exists()
+
+
+def test_celerys_heart_writes_the_workers_heartbeat(heartbeat_app: Flask) -> None:
+    path = worker_heartbeat(heartbeat_app)
+    path.parent.mkdir()
+    celery = celery_of(heartbeat_app)
+    timer = Timer()
+    # A worker's Heart, sending its events to the eager app's in-memory broker.
+    with celery.connection_for_write() as connection:
+        heart = Heart(timer, celery.events.Dispatcher(connection), interval=0.05)
+        try:
+            heart.start()
+            first = float(path.read_text(encoding="ascii"))
+            wait_until(
+                lambda: float(path.read_text(encoding="ascii")) > first,
+                5,
+                "a second heartbeat",
+            )
+        finally:
+            heart.stop()
+            timer.stop()
+
+
+def test_a_worker_that_cannot_write_its_heartbeat_refuses_to_start(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("", encoding="ascii")
+    app = make_app(CELERY_WORKER_HEARTBEAT_FILE=str(blocker / "heartbeat"))
+    refused = r"^Error: the worker cannot write its heartbeat at .*a-file/heartbeat "
+    with pytest.raises(SystemExit, match=refused):
+        signals.worker_init.send(sender=celery_of(app).WorkController)
+
+
+def test_only_a_worker_writes_its_heartbeat(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "heartbeat"
+    # `celery inspect` (and beat) load the same app; no worker answers here.
+    result = import_make_celery(
+        "import sys; from celery.bin.celery import main; "
+        "sys.argv = ['celery', '--app', 'make_celery', 'inspect', 'ping', "
+        "'--timeout', '0.2']; main()",
+        APP_ENV="testing",
+        CELERY_WORKER_HEARTBEAT_FILE=str(path),
+    )
+    assert "No nodes replied" in result.stdout + result.stderr, result.stderr
+    # Nor does the web app, which runs its tasks eagerly.
+    app = make_app(tables=True, CELERY_WORKER_HEARTBEAT_FILE=str(path))
+    task(app, PURGE).delay()
+    assert not path.exists()
+
+
+def worker_alive(app: Flask, *args: str) -> tuple[int, str]:
+    result = app.test_cli_runner().invoke(args=["tasks", "worker-alive", *args])
+    return result.exit_code, result.output
+
+
+def test_worker_alive_passes_on_a_fresh_heartbeat(heartbeat_app: Flask) -> None:
+    path = worker_heartbeat(heartbeat_app)
+    path.parent.mkdir()
+    write_heartbeat(path, time.time() - 5)
+    code, output = worker_alive(heartbeat_app)
+    assert code == 0, output
+    assert output.startswith("worker: alive, last heartbeat 5.")
+
+
+def test_worker_alive_fails_on_a_stale_or_missing_heartbeat(
+    heartbeat_app: Flask,
+) -> None:
+    path = worker_heartbeat(heartbeat_app)
+    assert worker_alive(heartbeat_app) == (1, f"worker: no heartbeat at {path}\n")
+    path.parent.mkdir()
+    write_heartbeat(path, time.time() - 45)
+    assert worker_alive(heartbeat_app) == (
+        1,
+        "worker: heartbeat 45 s old, over 30 s\n",
+    )
+    assert worker_alive(heartbeat_app, "--max-age", "60")[0] == 0
+
+
 # --- What task runs log and count -------------------------------------------------
 
 
@@ -852,12 +983,74 @@ def test_readiness_reports_an_unreachable_broker(make_app: AppFactory) -> None:
     assert response.status_code == 503
     assert response.json is not None
     assert response.json["checks"]["broker"]["status"] == "fail"
+    # No worker answers either; that alone would not fail the probe.
+    workers = response.json["checks"]["workers"]
+    assert workers["status"] == "warn"
+    assert workers["error"] == "OperationalError"
 
 
 def test_without_a_broker_readiness_has_no_broker_check(client: FlaskClient) -> None:
     response = client.get("/health/ready")
     assert response.json is not None
     assert "broker" not in response.json["checks"]
+    assert "workers" not in response.json["checks"]
+
+
+class ScriptedPings(WorkerPings):
+    """WorkerPings whose workers answer (or not) as the test says, counted."""
+
+    def __init__(self, app: Flask, answers: list[bool]) -> None:
+        super().__init__(celery_of(app), timeout=0.5)
+        self.answers = answers
+        self.pings = 0
+
+    def ping(self) -> bool:
+        self.pings += 1
+        return self.answers.pop(0)
+
+
+def test_a_workers_answer_is_remembered_for_a_while(app: Flask) -> None:
+    pings = ScriptedPings(app, answers=[True, True])
+    assert pings() == "a worker answered 0 s ago"
+    pings.answered = time.monotonic() - 12
+    # Fresh enough: no ping.
+    assert pings() == "a worker answered 12 s ago"
+    assert pings.pings == 1
+    pings.answered = time.monotonic() - FRESH_FOR - 1
+    assert pings() == "a worker answered 0 s ago"
+    assert pings.pings == 2
+
+
+def test_workers_that_stop_answering_fail_the_check(app: Flask) -> None:
+    never = ScriptedPings(app, answers=[False])
+    with pytest.raises(HealthCheckError) as raised:
+        never()
+    assert str(raised.value) == (
+        "no worker answered a ping within 0.5 s, nor since this process started"
+    )
+    pings = ScriptedPings(app, answers=[True, False])
+    pings()
+    pings.answered = time.monotonic() - 95
+    with pytest.raises(HealthCheckError) as raised:
+        pings()
+    assert str(raised.value) == (
+        "no worker answered a ping within 0.5 s; the last answer was 95 s ago"
+    )
+
+
+def test_a_probe_does_not_wait_long_for_anothers_ping(app: Flask) -> None:
+    pings = ScriptedPings(app, answers=[])
+    with pings.lock, pytest.raises(HealthCheckError, match="another probe's ping"):
+        pings()
+    assert pings.pings == 0
+
+
+def test_a_ping_no_worker_answers_ends_at_its_timeout(app: Flask) -> None:
+    # Over the eager app's in-memory broker, where no worker listens.
+    pings = WorkerPings(celery_of(app), timeout=0.2)
+    started = time.monotonic()
+    assert pings.ping() is False
+    assert 0.2 <= time.monotonic() - started < 2
 
 
 def test_each_app_has_its_own_celery(make_app: AppFactory) -> None:

@@ -1,7 +1,8 @@
 """A real Celery worker (services tier): tasks sent through the HTTP API run in
 another process, over Redis and over RabbitMQ; a worker killed mid-task loses
 nothing; its log lines are the app's JSON lines, and it serves the outcomes of
-all its pool processes' tasks.
+all its pool processes' tasks; its heartbeat passes its healthcheck while it
+consumes, and readiness says whether one answers.
 
 Needs TEST_DATABASE_URL (a database both processes reach) and TEST_REDIS_URL;
 the RabbitMQ cases need TEST_RABBITMQ_URL (amqp://guest:guest@127.0.0.1:5672//).
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,8 +33,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fake_smtp import Behaviour, smtp_server
 from {{ cookiecutter.package_name }}.tasks import accounts, celery_of, cleanup
+from {{ cookiecutter.package_name }}.tasks.heartbeats import heartbeat_age
 
-from conftest import PASSWORD, PROJECT, AppFactory, signing_key_pem, wait_until
+from conftest import (
+    PASSWORD,
+    PROJECT,
+    AppFactory,
+    Relay,
+    signing_key_pem,
+    wait_until,
+)
 
 DATABASE = os.environ.get("TEST_DATABASE_URL", "")
 REDIS = os.environ.get("TEST_REDIS_URL", "")
@@ -175,7 +185,8 @@ def stack(
     of workers configured like production for the same queue and database."""
     broker: str = request.param
     with smtp_server() as (port, behaviour):
-        app = make_app(tables=True, CELERY_BROKER_URL=broker)
+        # A probe's deadline a loaded machine cannot turn a ping into a timeout by.
+        app = make_app(tables=True, CELERY_BROKER_URL=broker, HEALTH_CHECK_TIMEOUT=4)
         prefix = app.config["REDIS_KEY_PREFIX"]
         env = {
             key: value
@@ -192,6 +203,7 @@ def stack(
             REDIS_KEY_PREFIX=prefix,
             CELERY_BROKER_URL=broker,
             CELERY_BEAT_SCHEDULE_FILE=str(tmp_path / "beat"),
+            CELERY_WORKER_HEARTBEAT_FILE=str(tmp_path / "worker.heartbeat"),
             MAIL_BACKEND="smtp",
             MAIL_HOST="127.0.0.1",
             MAIL_PORT=str(port),
@@ -221,6 +233,9 @@ def stack(
                 with celery_of(app).connection_for_write() as connection:
                     channel: Any = connection.default_channel
                     channel.queue_delete(prefix)
+                    # The control exchanges are the test app's own too.
+                    channel.exchange_delete(f"{prefix}.pidbox")
+                    channel.exchange_delete(f"reply.{prefix}.pidbox")
 
 
 def sign_up(app: Flask, email: str, request_id: str) -> None:
@@ -337,3 +352,118 @@ def test_a_warm_shutdown_finishes_the_running_task(stack: Stack) -> None:
     stack.mail.go.set()
     assert worker.process.wait(timeout=30) == 0
     assert len(stack.mail.messages) == 1
+
+
+# --- The worker's heartbeat and readiness -----------------------------------------
+
+
+def worker_alive(worker: Worker, *args: str) -> subprocess.CompletedProcess[str]:
+    """`flask tasks worker-alive`, as compose runs it beside the worker."""
+    return subprocess.run(  # noqa: S603 - our own interpreter and command
+        [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "{{ cookiecutter.package_name }}",
+            "tasks",
+            "worker-alive",
+            *args,
+        ],
+        cwd=PROJECT,
+        # As in the image: the environment only, no .env file.
+        env=worker.env | {"FLASK_SKIP_DOTENV": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def heartbeat_of(worker: Worker) -> Path:
+    return Path(worker.env["CELERY_WORKER_HEARTBEAT_FILE"])
+
+
+def written_at(path: Path) -> float:
+    return float(path.read_text(encoding="ascii"))
+
+
+def test_a_consuming_worker_passes_its_healthcheck_until_it_stops(
+    stack: Stack,
+) -> None:
+    worker = stack.new_worker()
+    alive = worker_alive(worker)
+    assert alive.returncode == 0, alive.stderr
+    assert alive.stdout.startswith("worker: alive, last heartbeat ")
+    # Kept fresh while it runs (Celery's Heart, every 2 s), not written once.
+    path = heartbeat_of(worker)
+    first = written_at(path)
+    wait_until(lambda: written_at(path) > first + 1.5, 15, "a later heartbeat")
+    worker.stop()  # SIGTERM: a warm shutdown
+    assert worker.process is not None
+    assert worker.process.returncode == 0
+    assert not path.exists()
+    stopped = worker_alive(worker)
+    assert stopped.returncode == 1
+    assert stopped.stderr == f"worker: no heartbeat at {path}\n"
+
+
+def test_a_worker_cut_off_from_its_broker_stops_its_heartbeat(
+    stack: Stack,
+) -> None:
+    broker = urllib.parse.urlsplit(stack.app.config["CELERY_BROKER_URL"])
+    assert broker.hostname is not None
+    assert broker.port is not None
+    relay = Relay(broker.hostname, broker.port)
+    login = broker.netloc.rpartition("@")[0]
+    relayed = broker._replace(
+        netloc=f"{login}@127.0.0.1:{relay.port}" if login else f"127.0.0.1:{relay.port}"
+    )
+    try:
+        worker = stack.new_worker(CELERY_BROKER_URL=relayed.geturl())
+        path = heartbeat_of(worker)
+
+        def age() -> float:
+            found = heartbeat_age(path, time.time())
+            return float("inf") if found is None else found
+
+        relay.cut()
+        # Two of the Heart's beats missed: the healthcheck fails at --max-age.
+        wait_until(lambda: age() > 5, 60, "the heartbeat to go stale")
+        relay.restore()
+        wait_until(lambda: age() < 3, 90, "the worker to reconnect and beat again")
+        assert worker.running()
+    finally:
+        for started in stack.workers:
+            started.stop()
+        relay.close()
+
+
+def test_readiness_warns_without_a_worker_and_passes_with_one(stack: Stack) -> None:
+    client = stack.app.test_client()
+    response = client.get("/health/ready")
+    # No worker: a warning, and the web process stays in rotation.
+    assert response.status_code == 200, response.json
+    assert response.json is not None
+    assert response.json["status"] == "pass"
+    assert response.json["checks"]["broker"]["status"] == "pass"
+    workers = response.json["checks"]["workers"]
+    assert workers["status"] == "warn"
+    assert workers["error"] == (
+        "no worker answered a ping within 2 s, nor since this process started"
+    )
+    assert workers["duration_ms"] >= 2000
+    stack.new_worker()
+    response = client.get("/health/ready")
+    assert response.status_code == 200
+    assert response.json is not None
+    workers = response.json["checks"]["workers"]
+    assert (workers["status"], workers["detail"]) == (
+        "pass",
+        "a worker answered 0 s ago",
+    )
+    # The answer is remembered: the next probe does not wait for a ping.
+    response = client.get("/health/ready")
+    assert response.json is not None
+    assert response.json["checks"]["workers"]["status"] == "pass"
+    assert response.json["checks"]["workers"]["duration_ms"] < 100

@@ -743,6 +743,8 @@ class Config:
     CELERY_WORKER_CONCURRENCY: int | None = None
     # Where beat keeps its schedule and heartbeat (relative: the instance folder).
     CELERY_BEAT_SCHEDULE_FILE = "celerybeat-schedule"
+    # Where `celery worker` writes its heartbeat (relative: the instance folder).
+    CELERY_WORKER_HEARTBEAT_FILE = "celery-worker.heartbeat"
     # Seconds between two runs of the cleanup of expired sign-ins (tasks/cleanup.py).
     CLEANUP_INTERVAL = 3600
     # What Celery is given; tasks/__init__.py adds the broker, the result
@@ -994,6 +996,10 @@ class Config:
         self.worker_metrics_settings(environ)
         self.CELERY_BEAT_SCHEDULE_FILE = (
             environ.get("CELERY_BEAT_SCHEDULE_FILE") or self.CELERY_BEAT_SCHEDULE_FILE
+        )
+        self.CELERY_WORKER_HEARTBEAT_FILE = (
+            environ.get("CELERY_WORKER_HEARTBEAT_FILE")
+            or self.CELERY_WORKER_HEARTBEAT_FILE
         )
         self.CLEANUP_INTERVAL = env_int(
             environ,

@@ -1,6 +1,6 @@
 """Health probes: /health/live, /health/ready and /health/startup."""
 
-from .checks import add_check
+from .checks import HealthCheckError, add_check
 from .routes import health_bp
 
-__all__ = ["add_check", "health_bp"]
+__all__ = ["HealthCheckError", "add_check", "health_bp"]

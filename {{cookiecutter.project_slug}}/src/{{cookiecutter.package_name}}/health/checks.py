@@ -5,6 +5,11 @@ covers every configured backend without this module knowing about them. Checks
 run at the same time, each in its own thread with its own app context, and
 each must finish within HEALTH_CHECK_TIMEOUT: a probe answers in bounded time
 even when a backend accepts connections and never replies.
+
+A check registered with critical=False guards something the service can do
+without for a while: its failure is reported as "warn" and leaves the probe
+passing, so that it cannot take every web process out of rotation at once. A
+check may return a line saying what it saw when it passes.
 """
 
 from __future__ import annotations
@@ -26,7 +31,8 @@ from sqlalchemy import text
 from ..extensions import db
 from ..resilience import redis_store
 
-Check = Callable[[], None]
+# Returns None, or a line saying what it saw (the report's detail).
+Check = Callable[[], str | None]
 EXTENSION_KEY = "health_checks"
 
 
@@ -34,12 +40,20 @@ class HealthCheckError(Exception):
     """A check failed for a reason that is safe to show to any caller."""
 
 
+@dataclass(frozen=True)
+class RegisteredCheck:
+    """A check, and whether its failure makes the process unready."""
+
+    check: Check
+    critical: bool = True
+
+
 @dataclass
 class CheckRegistry:
     """The checks behind /health/ready and /health/startup."""
 
-    ready: dict[str, Check] = field(default_factory=dict)
-    startup: dict[str, Check] = field(default_factory=dict)
+    ready: dict[str, RegisteredCheck] = field(default_factory=dict)
+    startup: dict[str, RegisteredCheck] = field(default_factory=dict)
 
 
 def registry(app: Flask) -> CheckRegistry:
@@ -48,10 +62,18 @@ def registry(app: Flask) -> CheckRegistry:
     return found
 
 
-def add_check(app: Flask, name: str, check: Check, *, startup: bool = False) -> None:
-    """Register a readiness check (or, with startup=True, a startup check)."""
+def add_check(
+    app: Flask,
+    name: str,
+    check: Check,
+    *,
+    startup: bool = False,
+    critical: bool = True,
+) -> None:
+    """Register a readiness check (or, with startup=True, a startup check);
+    with critical=False, its failure is a warning that leaves the probe passing."""
     checks = registry(app).startup if startup else registry(app).ready
-    checks[name] = check
+    checks[name] = RegisteredCheck(check, critical)
 
 
 def check_database() -> None:
@@ -84,20 +106,24 @@ def check_migrations() -> None:
 
 
 class CheckReport(BaseModel):
-    """The outcome of one check."""
+    """The outcome of one check: "warn" is the failure of a non-critical one."""
 
-    status: Literal["pass", "fail"]
+    status: Literal["pass", "warn", "fail"]
     duration_ms: float
+    # Why the check did not pass.
     error: str | None = None
+    # What a passing check saw, when it says.
+    detail: str | None = None
 
 
 class CheckRun:
     """One check running in a thread of its own, inside its own app context."""
 
-    def __init__(self, app: Flask, name: str, check: Check) -> None:
+    def __init__(self, app: Flask, name: str, registered: RegisteredCheck) -> None:
         self.app = app
         self.name = name
-        self.check = check
+        self.check = registered.check
+        self.critical = registered.critical
         self.report: CheckReport | None = None
         self.started = time.perf_counter()
         # A daemon: a check stuck past its deadline must not keep the process up.
@@ -109,20 +135,24 @@ class CheckRun:
     def run(self) -> None:
         with self.app.app_context():
             try:
-                self.check()
+                detail = self.check()
             except Exception as error:  # noqa: BLE001 - a check may fail in any way
                 self.app.logger.warning("health check %s failed: %r", self.name, error)
                 # Only our own messages are shown: a driver's may name hosts or users.
-                detail = str(error) if isinstance(error, HealthCheckError) else None
-                self.report = CheckReport(
-                    status="fail",
-                    duration_ms=elapsed_ms(self.started),
-                    error=detail or type(error).__name__,
-                )
+                reason = str(error) if isinstance(error, HealthCheckError) else None
+                self.report = self.failed(reason or type(error).__name__)
             else:
                 self.report = CheckReport(
-                    status="pass", duration_ms=elapsed_ms(self.started)
+                    status="pass", duration_ms=elapsed_ms(self.started), detail=detail
                 )
+
+    def failed(self, reason: str) -> CheckReport:
+        """A failure: "fail" for a critical check, "warn" for another."""
+        return CheckReport(
+            status="fail" if self.critical else "warn",
+            duration_ms=elapsed_ms(self.started),
+            error=reason,
+        )
 
     def outcome(self, timeout: float) -> CheckReport:
         """The check's report, or a failure if it has not finished in time."""
@@ -131,19 +161,15 @@ class CheckRun:
         self.app.logger.warning(
             "health check %s timed out after %s s", self.name, timeout
         )
-        return CheckReport(
-            status="fail",
-            duration_ms=elapsed_ms(self.started),
-            error=f"timed out after {timeout:g} s",
-        )
+        return self.failed(f"timed out after {timeout:g} s")
 
 
-def run_checks(checks: dict[str, Check]) -> dict[str, CheckReport]:
+def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
     """Run every check at once; each gets HEALTH_CHECK_TIMEOUT seconds at most."""
     # The app itself, not the context-local proxy: the checks run in other threads.
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
     timeout: float = app.config["HEALTH_CHECK_TIMEOUT"]
-    runs = [CheckRun(app, name, check) for name, check in checks.items()]
+    runs = [CheckRun(app, name, registered) for name, registered in checks.items()]
     deadline = time.monotonic() + timeout
     for run in runs:
         run.thread.join(max(0.0, deadline - time.monotonic()))

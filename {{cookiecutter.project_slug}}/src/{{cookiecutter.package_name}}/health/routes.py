@@ -18,14 +18,15 @@ from pydantic import BaseModel
 from ..extensions import spec
 from ..openapi import RETRY_AFTER, Responses
 from ..resilience import LoadShed, breakers_of, exempt, never_shed
-from .checks import Check, CheckReport, registry, run_checks
+from .checks import CheckReport, RegisteredCheck, registry, run_checks
 
 health_bp = exempt(Blueprint("health", __name__, url_prefix="/health"))
 TAGS = ["health"]
 
 
 class HealthReport(BaseModel):
-    """Overall status, with one entry per check."""
+    """Overall status, with one entry per check: "pass" unless a critical check
+    failed (a non-critical one that failed says "warn")."""
 
     status: Literal["pass", "fail"]
     checks: dict[str, CheckReport]
@@ -61,9 +62,9 @@ def at_capacity(error: LoadShed) -> Response:
     )
 
 
-def report(checks: dict[str, Check]) -> tuple[HealthReport, int]:
+def report(checks: dict[str, RegisteredCheck]) -> tuple[HealthReport, int]:
     results = run_checks(checks)
-    healthy = all(result.status == "pass" for result in results.values())
+    healthy = all(result.status != "fail" for result in results.values())
     status: Literal["pass", "fail"] = "pass" if healthy else "fail"
     return HealthReport(status=status, checks=results), 200 if healthy else 503
 
@@ -85,7 +86,11 @@ def live() -> HealthReport:
     operation_id="health_ready",
 )
 def ready() -> tuple[HealthReport, int]:
-    """Every backend the service needs answers (503 naming the ones that do not)."""
+    """Every backend the service needs answers (503 naming the ones that do not).
+
+    A non-critical check that fails says "warn" and leaves the answer 200: what
+    it guards, the service can do without for a while.
+    """
     return report(registry(current_app).ready)
 
 

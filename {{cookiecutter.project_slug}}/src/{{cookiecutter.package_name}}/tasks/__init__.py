@@ -10,6 +10,9 @@ its exceptions reach the caller. Production refuses to start without a broker.
 - ``cleanup``: the periodic purge of expired sign-ins, on beat's schedule.
 - ``mail``: the console, file and SMTP transports the e-mails go through.
 - ``beat``: the scheduler's heartbeat, checked by ``flask tasks beat-alive``.
+- ``heartbeats``: the heartbeat files; the worker writes its own, checked by
+  ``flask tasks worker-alive``.
+- ``workers``: the readiness check that a worker answered lately.
 - ``monitoring``: the task context of log lines, outcome counts, and the
   worker's metrics server.
 """
@@ -32,8 +35,9 @@ from ..health import add_check
 from ..models import User
 from ..observability import logs, request_id
 {%- if cookiecutter.use_opentelemetry == "yes" %}, tracing{% endif %}
-from . import accounts, cleanup, monitoring
+from . import accounts, cleanup, heartbeats, monitoring
 from .commands import tasks_cli
+from .workers import WorkerPings
 
 EXTENSION_KEY = "celery"
 
@@ -47,6 +51,7 @@ def celery_settings(app: Flask) -> dict[str, Any]:
     visibility = config["CELERY_VISIBILITY_TIMEOUT"]
     keys = f"{config['REDIS_KEY_PREFIX']}:celery:"
     schedule_file = Path(app.instance_path, config["CELERY_BEAT_SCHEDULE_FILE"])
+    worker_heartbeat = Path(app.instance_path, config["CELERY_WORKER_HEARTBEAT_FILE"])
     settings: dict[str, Any] = {
         **config["CELERY"],
         # Eager without a broker; memory:// keeps kombu from guessing localhost.
@@ -59,6 +64,9 @@ def celery_settings(app: Flask) -> dict[str, Any]:
         "task_soft_time_limit": config["CELERY_TASK_SOFT_TIME_LIMIT"],
         "task_time_limit": config["CELERY_TASK_TIME_LIMIT"],
         "task_default_queue": config["REDIS_KEY_PREFIX"],
+        # Pings and other control commands reach this service's workers only:
+        # on a shared RabbitMQ, the default ("celery") reaches every app's.
+        "control_exchange": config["REDIS_KEY_PREFIX"],
         # Redis: a task no worker acknowledged within the visibility timeout
         # goes back to the queue; workers look for such tasks every few
         # seconds (kombu's default look is every 100 s).
@@ -88,6 +96,8 @@ def celery_settings(app: Flask) -> dict[str, Any]:
         # Where `celery worker` serves its metrics (tasks/monitoring.py).
         monitoring.METRICS_PORT: config["CELERY_METRICS_PORT"],
         monitoring.METRICS_HOST: config["CELERY_METRICS_HOST"],
+        # Where `celery worker` writes its heartbeat (tasks/heartbeats.py).
+        heartbeats.WORKER_HEARTBEAT_FILE: str(worker_heartbeat),
     }
     if config["CELERY_WORKER_CONCURRENCY"] is not None:
         settings["worker_concurrency"] = config["CELERY_WORKER_CONCURRENCY"]
@@ -175,12 +185,16 @@ def welcome(user: User, **_extra: object) -> None:
 
 
 def init_app(app: Flask) -> Celery:
-    """Bind Celery to `app`, send welcome e-mails, add the broker check."""
+    """Bind Celery to `app`, send welcome e-mails, add the broker and workers
+    checks."""
     celery_app = celery_init_app(app)
     logs.add_processor(monitoring.celery_task_fields)
     user_registered.connect(welcome)
     if app.config["CELERY_BROKER_URL"]:
         add_check(app, "broker", lambda: check_broker(app))
+        # Tasks wait in the broker while no worker runs: a warning, not a 503.
+        pings = WorkerPings(celery_app, app.config["HEALTH_CHECK_TIMEOUT"] / 2)
+        add_check(app, "workers", pings, critical=False)
     app.cli.add_command(tasks_cli)
     return celery_app
 

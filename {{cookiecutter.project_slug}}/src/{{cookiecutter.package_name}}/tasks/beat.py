@@ -16,28 +16,14 @@ from typing import Any
 
 from celery.beat import PersistentScheduler
 
+from .heartbeats import write_heartbeat
+
 # Ticks a healthy beat may miss before the check fails.
 MISSED_TICKS = 3
 
 
 def heartbeat_file(schedule_file: str | os.PathLike[str]) -> Path:
     return Path(f"{os.fspath(schedule_file)}.heartbeat")
-
-
-def write_heartbeat(path: Path, now: float) -> None:
-    """Replace the heartbeat file atomically with the time `now`."""
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_text(f"{now:.3f}\n", encoding="ascii")
-    partial.replace(path)
-
-
-def heartbeat_age(path: Path, now: float) -> float | None:
-    """Seconds since the last heartbeat, or None when there is none to read."""
-    try:
-        beat = float(path.read_text(encoding="ascii"))
-    except (OSError, ValueError):
-        return None
-    return max(0.0, now - beat)
 
 
 class HeartbeatScheduler(PersistentScheduler):
