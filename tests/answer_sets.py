@@ -143,6 +143,9 @@ class AnswerSet:
     absent: tuple[str, ...] = ()
     # Values the rendered project must contain somewhere (proves the answer landed).
     mentions: dict[str, str] = field(default_factory=dict)
+    # The Celery broker the boot test (tests/test_boot.py) gives the set:
+    # "redis" (REDIS_URL, compose's choice) or "rabbitmq" (CELERY_BROKER_URL).
+    broker: str = "redis"
 
 
 # The five yes/no options (web_ui, use_oauth, use_celery, use_opentelemetry,
@@ -184,6 +187,7 @@ ANSWER_SETS = {
             },
             present=("LICENSE", *OIDC_FILES, *CELERY_FILES, *OTEL_FILES),
             absent=(*WEB_UI_ABSENT, *CI_ABSENT),
+            broker="rabbitmq",
             mentions={
                 "LICENSE": "Apache License",
                 "pyproject.toml": 'version = "1.0.0rc1"',

