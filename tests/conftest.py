@@ -1,4 +1,4 @@
-"""Bake the template once per answer set and share the bakes across tests."""
+"""Bake the template once per answer set on each worker; tests share the bakes."""
 
 from __future__ import annotations
 
@@ -35,11 +35,3 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "bake" in metafunc.fixturenames:
         names = getattr(metafunc.function, "answer_sets", None) or list(ANSWER_SETS)
         metafunc.parametrize("bake", names, indirect=True, ids=names)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Keep each answer set's tests on one xdist worker, so it bakes once."""
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is not None and "bake" in callspec.params:
-            item.add_marker(pytest.mark.xdist_group(callspec.params["bake"]))
