@@ -256,29 +256,6 @@ def fresh_database(request: pytest.FixtureRequest) -> str:
     return create()
 
 
-def signing_key(path: Path) -> Path:
-    subprocess.run(
-        [
-            "openssl",
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-            str(path),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    return path
-
-
-def free_port() -> int:
-    return test_services.free_port()
-
-
 def recorder_roots(image: Image, package: str) -> list[str]:
     """The project's own files: the image's WORKDIR and the installed package."""
     found = sorted(image.venv.glob(f"lib/python*/site-packages/{package}"))
@@ -292,7 +269,7 @@ def service_environments(
     """Each image service's environment, as compose gives it, moved here; and,
     per service, the values overridden to reach this machine's backends."""
     spec = compose(bake)
-    key_file = signing_key(scratch / "jwt-private-key.pem")
+    key_file = test_services.make_signing_key(scratch / "jwt-private-key.pem", 2048)
     env_file = (bake.path / ".env").read_text(encoding="utf-8")
     secret_key = re.search(r"^SECRET_KEY=(\S+)$", env_file, re.MULTILINE)
     assert secret_key, ".env has no SECRET_KEY"
@@ -333,7 +310,7 @@ def service_environments(
         if "CELERY_METRICS_PORT" in declared:
             changed |= {
                 "CELERY_METRICS_HOST": "127.0.0.1",
-                "CELERY_METRICS_PORT": str(free_port()),
+                "CELERY_METRICS_PORT": str(test_services.free_port()),
             }
         if "PROMETHEUS_MULTIPROC_DIR" in declared:
             changed["PROMETHEUS_MULTIPROC_DIR"] = str(scratch / f"metrics-{name}")
@@ -487,7 +464,7 @@ def stack(
     if with_celery(bake) and bake.answer_set.broker == "rabbitmq":
         backends["broker"] = test_services.RABBITMQ
     environments, overrides = service_environments(bake, image, tmp_path, backends)
-    port = free_port()
+    port = test_services.free_port()
     stack = Stack(bake, image, f"http://127.0.0.1:{port}", overrides)
     stack.reads_log = tmp_path / "environment-reads.jsonl"
     stack.marker = secrets.token_hex(8)

@@ -60,6 +60,23 @@ def make_database() -> Iterator[Callable[[], str]]:
         postgres_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def make_signing_key(path: Path, bits: int = 3072) -> Path:
+    """An RSA private key (PEM) made with openssl, as the README shows."""
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm=RSA",
+            f"-pkeyopt=rsa_keygen_bits:{bits}",
+            f"-out={path}",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -282,19 +299,7 @@ def production_server(
     a signing key made with openssl, an account made with the CLI, then Gunicorn
     with gunicorn.conf.py, two workers, APP_ENV=production."""
     database = make_database()
-    signing_key = tmp_path / "jwt-private-key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "genpkey",
-            "-algorithm=RSA",
-            "-pkeyopt=rsa_keygen_bits:3072",
-            f"-out={signing_key}",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    signing_key = make_signing_key(tmp_path / "jwt-private-key.pem")
     env = {
         "APP_ENV": "production",
         "DATABASE_URL": database,
