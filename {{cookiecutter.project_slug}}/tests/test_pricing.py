@@ -90,9 +90,12 @@ def breaker(app: Flask) -> ConcurrentBreaker:
     return breakers_of(app)["pricing"]
 
 
-def concurrently(app: Flask, count: int) -> list[tuple[TestResponse, float]]:
-    """`count` requests for the price, released together; each with its duration."""
-    start = threading.Barrier(count)
+def concurrently(
+    app: Flask, count: int, start: threading.Barrier | None = None
+) -> list[tuple[TestResponse, float]]:
+    """`count` requests for the price, released together (with the other
+    parties of `start`, when given); each with its duration."""
+    start = start or threading.Barrier(count)
 
     def one(_: int) -> tuple[TestResponse, float]:
         client = app.test_client()
@@ -203,13 +206,18 @@ def test_with_redis_each_worker_process_runs_at_most_one_trial(
         for _ in range(2)
     ]
     trip(workers[0], pricing_upstream)
-    assert breaker(workers[1]).current_state == "open"
+    # The second sees the open breaker (and has done its lazy set-ups, which
+    # would hold its requests back while the first's trial ends).
+    assert workers[1].test_client().get(PRICE).status_code == 503
     time.sleep(0.35)
     calls = pricing_upstream.calls
-    pricing_upstream.default = Reply(delay=0.5)
+    pricing_upstream.default = Reply(delay=1.2)
+    # All eight released together: a trial that ended before the other
+    # worker's requests even started would let them through, closed.
+    start = threading.Barrier(8)
     with ThreadPoolExecutor(max_workers=2) as pool:
         per_worker = list(
-            pool.map(lambda app: concurrently(app, 4), workers, timeout=30)
+            pool.map(lambda app: concurrently(app, 4, start), workers, timeout=30)
         )
     for answers in per_worker:
         assert sorted(response.status_code for response, _ in answers) == [
