@@ -48,6 +48,7 @@ from {{ cookiecutter.package_name }}.tasks import (
     accounts,
     celery_of,
     cleanup,
+    heartbeats,
     monitoring,
 )
 from {{ cookiecutter.package_name }}.tasks.beat import (
@@ -61,6 +62,7 @@ from {{ cookiecutter.package_name }}.tasks.heartbeats import (
 )
 from {{ cookiecutter.package_name }}.tasks.workers import (
     FRESH_FOR,
+    SILENCE_FOR,
     WorkerPings,
 )
 
@@ -135,8 +137,14 @@ def test_messages_are_json_only_and_survive_a_dead_worker(app: Flask) -> None:
     assert settings.task_soft_time_limit < settings.task_time_limit
     visibility = settings.broker_transport_options["visibility_timeout"]
     assert visibility > settings.task_time_limit
-    # Each service (and each test app) has a queue of its own.
-    assert settings.task_default_queue == app.config["REDIS_KEY_PREFIX"]
+    # Each service (and each test app) has a queue of its own, and its own
+    # exchanges for control commands and worker events on a shared broker.
+    prefix = app.config["REDIS_KEY_PREFIX"]
+    assert settings.task_default_queue == prefix
+    assert settings.control_exchange == prefix
+    assert settings.event_exchange == f"{prefix}.events"
+    # A silent AMQP connection is found dead in about 20 s, not 240 s.
+    assert settings.broker_heartbeat == 10
 
 
 @pytest.mark.parametrize(
@@ -706,6 +714,20 @@ def test_a_worker_that_cannot_write_its_heartbeat_refuses_to_start(
         signals.worker_init.send(sender=celery_of(app).WorkController)
 
 
+def test_a_worker_whose_folder_is_read_only_refuses_to_start(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The folder exists, but nothing may be written in it (root ignores the
+    # mode bits, so the write itself is made to fail as a read-only one does).
+    def read_only(path: Path, _now: float) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(heartbeats, "write_heartbeat", read_only)
+    app = make_app(CELERY_WORKER_HEARTBEAT_FILE=str(tmp_path / "heartbeat"))
+    with pytest.raises(SystemExit, match=r"heartbeat.*: Permission denied$"):
+        signals.worker_init.send(sender=celery_of(app).WorkController)
+
+
 def test_only_a_worker_writes_its_heartbeat(
     make_app: AppFactory, tmp_path: Path
 ) -> None:
@@ -1012,11 +1034,12 @@ class ScriptedPings(WorkerPings):
 def test_a_workers_answer_is_remembered_for_a_while(app: Flask) -> None:
     pings = ScriptedPings(app, answers=[True, True])
     assert pings() == "a worker answered 0 s ago"
-    pings.answered = time.monotonic() - 12
+    # The answered ping, 12 s later.
+    pings.pinged = pings.answered = time.monotonic() - 12
     # Fresh enough: no ping.
     assert pings() == "a worker answered 12 s ago"
     assert pings.pings == 1
-    pings.answered = time.monotonic() - FRESH_FOR - 1
+    pings.pinged = pings.answered = time.monotonic() - FRESH_FOR - 1
     assert pings() == "a worker answered 0 s ago"
     assert pings.pings == 2
 
@@ -1031,11 +1054,41 @@ def test_workers_that_stop_answering_fail_the_check(app: Flask) -> None:
     pings = ScriptedPings(app, answers=[True, False])
     pings()
     pings.answered = time.monotonic() - 95
+    pings.pinged = pings.answered
     with pytest.raises(HealthCheckError) as raised:
         pings()
     assert str(raised.value) == (
         "no worker answered a ping within 0.5 s; the last answer was 95 s ago"
     )
+
+
+def test_an_unanswered_ping_is_remembered_for_a_while(app: Flask) -> None:
+    # An outage costs one ping's wait per SILENCE_FOR, not one per probe.
+    pings = ScriptedPings(app, answers=[False, True])
+    for _ in range(3):
+        with pytest.raises(HealthCheckError, match="nor since this process"):
+            pings()
+    assert pings.pings == 1
+    assert pings.pinged is not None
+    pings.pinged -= SILENCE_FOR
+    assert pings() == "a worker answered 0 s ago"
+    assert pings.pings == 2
+
+
+def test_a_broker_that_fails_the_ping_is_not_asked_again_at_once(
+    app: Flask,
+) -> None:
+    class Unreachable(ScriptedPings):
+        def ping(self) -> bool:
+            self.pings += 1
+            raise ConnectionRefusedError
+
+    pings = Unreachable(app, answers=[])
+    with pytest.raises(ConnectionRefusedError):
+        pings()
+    with pytest.raises(HealthCheckError, match="nor since this process"):
+        pings()
+    assert pings.pings == 1
 
 
 def test_a_probe_does_not_wait_long_for_anothers_ping(app: Flask) -> None:

@@ -32,8 +32,13 @@ from flask import Flask
 from prometheus_client.parser import text_string_to_metric_families
 
 from fake_smtp import Behaviour, smtp_server
+from {{ cookiecutter.package_name }}.health.checks import registry
 from {{ cookiecutter.package_name }}.tasks import accounts, celery_of, cleanup
 from {{ cookiecutter.package_name }}.tasks.heartbeats import heartbeat_age
+from {{ cookiecutter.package_name }}.tasks.workers import (
+    SILENCE_FOR,
+    WorkerPings,
+)
 
 from conftest import (
     PASSWORD,
@@ -233,9 +238,10 @@ def stack(
                 with celery_of(app).connection_for_write() as connection:
                     channel: Any = connection.default_channel
                     channel.queue_delete(prefix)
-                    # The control exchanges are the test app's own too.
+                    # The control and event exchanges are the test app's own too.
                     channel.exchange_delete(f"{prefix}.pidbox")
                     channel.exchange_delete(f"reply.{prefix}.pidbox")
+                    channel.exchange_delete(f"{prefix}.events")
 
 
 def sign_up(app: Flask, email: str, request_id: str) -> None:
@@ -454,6 +460,17 @@ def test_readiness_warns_without_a_worker_and_passes_with_one(stack: Stack) -> N
     )
     assert workers["duration_ms"] >= 2000
     stack.new_worker()
+    # The unanswered ping is remembered for SILENCE_FOR seconds: the next
+    # probes report it at once, without pinging.
+    response = client.get("/health/ready")
+    assert response.json is not None
+    workers = response.json["checks"]["workers"]
+    assert (workers["status"], workers["duration_ms"] < 100) == ("warn", True)
+    # Once that is over, a ping finds the worker.
+    pings = registry(stack.app).ready["workers"].check
+    assert isinstance(pings, WorkerPings)
+    assert pings.pinged is not None
+    pings.pinged -= SILENCE_FOR
     response = client.get("/health/ready")
     assert response.status_code == 200
     assert response.json is not None

@@ -67,6 +67,13 @@ def celery_settings(app: Flask) -> dict[str, Any]:
         # Pings and other control commands reach this service's workers only:
         # on a shared RabbitMQ, the default ("celery") reaches every app's.
         "control_exchange": config["REDIS_KEY_PREFIX"],
+        # And worker events (heartbeats, gossip) stay within the service.
+        "event_exchange": f"{config['REDIS_KEY_PREFIX']}.events",
+        # AMQP: a connection that goes silent (a frozen proxy, a stopped
+        # broker) is found dead after two missed 10 s heartbeats, not 120 s
+        # ones; until then the worker consumes nothing, yet its own heartbeat
+        # (flask tasks worker-alive) would still be written.
+        "broker_heartbeat": 10,
         # Redis: a task no worker acknowledged within the visibility timeout
         # goes back to the queue; workers look for such tasks every few
         # seconds (kombu's default look is every 100 s).

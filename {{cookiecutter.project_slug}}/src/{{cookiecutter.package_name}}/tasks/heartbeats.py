@@ -17,6 +17,7 @@ nothing, whatever its PID says.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,7 +35,8 @@ WORKER_MAX_AGE = 30.0
 
 def write_heartbeat(path: Path, now: float) -> None:
     """Replace the heartbeat file atomically with the time `now`."""
-    partial = path.with_name(f".{path.name}.part")
+    # A name of this process's own: two writers never publish a half file.
+    partial = path.with_name(f".{path.name}.{os.getpid()}.part")
     partial.write_text(f"{now:.3f}\n", encoding="ascii")
     partial.replace(path)
 
@@ -56,12 +58,15 @@ def worker_heartbeat_file(settings: Mapping[str, Any]) -> Path:
 def clear_worker_heartbeat(sender: Any, **_extra: object) -> None:
     """`celery worker` starts: no heartbeat until it is ready.
 
-    Refuses in one line when the file's folder cannot be made.
+    Refuses in one line when the file cannot be written (its folder cannot
+    be made, or is not writable): a worker that could never beat would be
+    reported dead forever, and log an error every 2 s.
     """
     path = worker_heartbeat_file(sender.app.conf)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.unlink(missing_ok=True)
+        write_heartbeat(path, time.time())
+        path.unlink()
     except OSError as error:
         raise SystemExit(
             f"Error: the worker cannot write its heartbeat at {path} "
