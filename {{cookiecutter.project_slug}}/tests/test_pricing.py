@@ -131,15 +131,16 @@ def test_calls_through_one_breaker_run_concurrently(
 ) -> None:
     app = priced_app(make_app, pricing_upstream.url, **shared)
     assert app.test_client().get(PRICE).status_code == 200  # warm: lazy set-ups
-    pricing_upstream.default = Reply(delay=0.3)
+    pricing_upstream.default = Reply(delay=1.0)
     began = time.monotonic()
     answers = concurrently(app, 8)
     took = time.monotonic() - began
     assert [response.status_code for response, _ in answers] == [200] * 8
-    # One at a time would take 8 x 0.3 s; side by side, about 0.3 s.
-    assert took < 2.0, took
+    # One at a time would take 8 x 1 s; side by side, about 1 s. The margins
+    # leave room for a loaded machine that starts some threads late.
+    assert took < 4.0, took
     assert pricing_upstream.calls == 1 + 8
-    assert pricing_upstream.peak >= 6, pricing_upstream.peak
+    assert pricing_upstream.peak >= 4, pricing_upstream.peak
     assert (breaker(app).current_state, breaker(app).fail_counter) == ("closed", 0)
 
 
