@@ -16,7 +16,6 @@ is stopped and looked for afterwards.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -27,7 +26,6 @@ import socketserver
 import subprocess
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +36,11 @@ import redis
 import test_services
 from test_deploy import (
     Image,
+    builds_the_image,
     built_image,
     compose,
     dockerfile,
+    environment,
     seconds,
     with_celery,
 )
@@ -236,9 +236,11 @@ class Stack:
     image: Image
     base: str
     given: dict[str, dict[str, str]]  # per service, what was overridden here
+    # Where the processes record the variables they read.
+    reads_log: Path
+    # In every process's environment: finds them all, children included.
+    marker: str
     processes: dict[str, Process] = field(default_factory=dict)
-    reads_log: Path = Path()
-    marker: str = ""
 
     def env(self, service: str) -> dict[str, str]:
         return self.processes[service].env
@@ -286,7 +288,7 @@ def service_environments(
     environments: dict[str, dict[str, str]] = {}
     overrides: dict[str, dict[str, str]] = {}
     for name, service in spec["services"].items():
-        if service.get("build") not in (".", {"context": "."}):
+        if not builds_the_image(service):
             continue
         declared = {
             variable: interpolate(str(value), shell)
@@ -371,20 +373,7 @@ def fetch(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], bytes]:
-    parsed = urllib.parse.urlsplit(stack.base)
-    connection = http.client.HTTPConnection(
-        parsed.hostname or "127.0.0.1", parsed.port, timeout=REQUEST_TIMEOUT
-    )
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        sent = dict(headers or {})
-        if data is not None:
-            sent["Content-Type"] = "application/json"
-        connection.request(method, path, body=data, headers=sent)
-        response = connection.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
-    finally:
-        connection.close()
+    return test_services.request_raw(method, f"{stack.base}{path}", body, headers)
 
 
 def fetch_json(
@@ -394,8 +383,10 @@ def fetch_json(
     body: dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, Any]:
-    status, _, raw = fetch(stack, method, path, body, headers)
-    return status, json.loads(raw or b"null")
+    status, _, answer = test_services.request(
+        method, f"{stack.base}{path}", body, headers
+    )
+    return status, answer
 
 
 def wait_until(
@@ -465,9 +456,14 @@ def stack(
         backends["broker"] = test_services.RABBITMQ
     environments, overrides = service_environments(bake, image, tmp_path, backends)
     port = test_services.free_port()
-    stack = Stack(bake, image, f"http://127.0.0.1:{port}", overrides)
-    stack.reads_log = tmp_path / "environment-reads.jsonl"
-    stack.marker = secrets.token_hex(8)
+    stack = Stack(
+        bake,
+        image,
+        f"http://127.0.0.1:{port}",
+        overrides,
+        reads_log=tmp_path / "environment-reads.jsonl",
+        marker=secrets.token_hex(8),
+    )
     recorder = tmp_path / "recorder"
     recorder.mkdir()
     (recorder / "sitecustomize.py").write_text(RECORDER, encoding="utf-8")
@@ -537,10 +533,8 @@ def stack(
 
 
 def healthcheck_command(spec: dict[str, Any], service: str) -> list[str]:
-    """A compose healthcheck's test, as argv ($$ is compose's escaped $)."""
+    """A compose healthcheck's test (exec form), as argv."""
     test = spec["services"][service]["healthcheck"]["test"]
-    if test[0] == "CMD-SHELL":
-        return ["/bin/sh", "-c", test[1].replace("$$", "$")]
     assert test[0] == "CMD", test
     return list(test[1:])
 
@@ -666,8 +660,7 @@ def undocumented_reads(stack: Stack) -> None:
     """Fail naming every variable the project's code read (during the whole
     boot) that neither `.env.example` nor compose nor the image provides."""
     documented = documented_variables(stack.bake)
-    provided = set(dockerfile(stack.bake)[-1].arguments("ENV"))
-    image_env = {name for text in provided for name in re.findall(r"(\w+)=", text)}
+    image_env = set(environment(dockerfile(stack.bake)[-1], {}))
     composed = {
         name
         for service in compose(stack.bake)["services"].values()

@@ -90,7 +90,18 @@ def request(
     body: dict[str, Any] | bytes | None = None,
     headers: dict[str, str] | None = None,
 ) -> tuple[int, dict[str, str], Any]:
-    """Send one request; the status, headers and JSON answer.
+    """Send one request; the status, headers and JSON answer."""
+    status, received, raw = request_raw(method, url, body, headers)
+    return status, received, json.loads(raw or "null")
+
+
+def request_raw(
+    method: str,
+    url: str,
+    body: dict[str, Any] | bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """Send one request; the status, headers and body as sent.
 
     A server may answer (413) and close before a large body is sent whole: the
     answer is read all the same, as a client reading while it sends would.
@@ -112,8 +123,7 @@ def request(
             if data:
                 connection.send(data)
         response = connection.getresponse()
-        raw = response.read()
-        return response.status, dict(response.getheaders()), json.loads(raw or "null")
+        return response.status, dict(response.getheaders()), response.read()
     finally:
         connection.close()
 
