@@ -47,7 +47,8 @@ def mirror() -> str:
         if not source.is_file():
             continue
         text = source.read_text(encoding="utf-8", errors="replace")
-        for url in re.findall(r"(?:URIs:|^deb)\s+(\S+)", text, re.MULTILINE):
+        for match in re.finditer(r"(?:URIs:|^deb)\s+(\S+)", text, re.MULTILINE):
+            url = match.group(1)
             if url.startswith("http") and url.rstrip("/").endswith("/debian"):
                 return url
     return "http://deb.debian.org/debian"
