@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pythons import DEFAULT as DEFAULT_PYTHON
+
 # Files every bake has, relative to the project root ({package} is replaced).
 CORE_FILES = (
     ".env",
@@ -146,6 +148,11 @@ class AnswerSet:
     # The Celery broker the boot test (tests/test_boot.py) gives the set:
     # "redis" (REDIS_URL, compose's choice) or "rabbitmq" (CELERY_BROKER_URL).
     broker: str = "redis"
+
+    @property
+    def python_version(self) -> str:
+        """The Python the set's project is made for, and its suite runs on."""
+        return self.answers.get("python_version", DEFAULT_PYTHON)
 
 
 # The five yes/no options (web_ui, use_oauth, use_celery, use_opentelemetry,

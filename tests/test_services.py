@@ -28,7 +28,7 @@ import psycopg
 import pytest
 import redis
 
-from bakery import Bake, only, project_env, readme_commands
+from bakery import Bake, only, readme_commands
 
 pytestmark = pytest.mark.services
 
@@ -184,17 +184,14 @@ def test_migrations_and_test_suite_on_postgresql(
 def dev_server(bake: Bake) -> Iterator[str]:
     """The README's development-server command, running on a free local port."""
     dev_command, _ = readme_commands(bake)
-    bake.run(["uv", "sync", "--quiet"])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
+    # On the bake's Python (in its chroot, if it has one), in a session of its own.
+    server = bake.popen(
         dev_command,
-        shell=True,
-        cwd=bake.path,
-        env=project_env({"FLASK_RUN_PORT": str(port), "FLASK_RUN_HOST": "127.0.0.1"}),
+        env={"FLASK_RUN_PORT": str(port), "FLASK_RUN_HOST": "127.0.0.1"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + SERVER_START_TIMEOUT
@@ -356,16 +353,12 @@ def production_server(
     # would stop the workers at their next log line.
     log = tmp_path / "gunicorn.log"
     log_file = log.open("w")
-    server = subprocess.Popen(
+    server = bake.popen(
         [gunicorn, "-c", "gunicorn.conf.py", "wsgi:application"],
-        cwd=bake.path,
-        env=project_env(
-            env
-            | {"WEB_CONCURRENCY": "2", "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
-        ),
+        env=env
+        | {"WEB_CONCURRENCY": "2", "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"},
         stdout=subprocess.DEVNULL,
         stderr=log_file,
-        start_new_session=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
