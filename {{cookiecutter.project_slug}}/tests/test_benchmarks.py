@@ -27,7 +27,7 @@ from benchmarks.run import (
 
 from conftest import PROJECT, close_connections
 
-# The benchmarks start their own servers, on in-memory SQLite.
+# The benchmarks start their own servers, on SQLite files of their own.
 pytestmark = pytest.mark.standalone
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/bench/constant

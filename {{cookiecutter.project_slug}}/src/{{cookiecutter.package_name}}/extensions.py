@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from importlib.metadata import metadata
+from typing import Any
 
+from flask import Flask
 from flask_caching import Cache
 {%- if cookiecutter.web_ui == "yes" %}
 from flask_login import LoginManager
@@ -14,14 +16,27 @@ from flask_sqlalchemy import SQLAlchemy
 from flask_wtf import CSRFProtect
 {%- endif %}
 from spectree import SpecTree
+from sqlalchemy.pool import StaticPool
 
 from .errors import ValidationProblem, reject_invalid_request, reject_invalid_response
 from .models import Base
 from .openapi import SECURITY_SCHEMES, ValidatingPlugin
+from .pools import SerialStaticPool
+
+
+class Database(SQLAlchemy):
+    """Flask-SQLAlchemy, with an in-memory SQLite connection lent to one thread
+    at a time (pools.py) instead of shared by every thread at once."""
+
+    def _apply_driver_defaults(self, options: dict[str, Any], app: Flask) -> None:
+        super()._apply_driver_defaults(options, app)
+        if options.get("poolclass") is StaticPool:
+            options["poolclass"] = SerialStaticPool
+
 
 # Objects keep their loaded values after commit: a view builds its answer from
 # what it wrote, instead of reloading a row a concurrent request may delete.
-db = SQLAlchemy(model_class=Base, session_options={"expire_on_commit": False})
+db = Database(model_class=Base, session_options={"expire_on_commit": False})
 migrate = Migrate()
 # Configured by CACHE_TYPE: in-process, Redis (REDIS_URL), or nothing in tests.
 cache = Cache()

@@ -199,4 +199,7 @@ def get_item_price(item_id: int) -> Price:
     exists = db.session.get(Item, item_id) if item_id in ID_RANGE else None
     if exists is None:
         not_found(item_id)
+    # The price may take up to PRICING_TIMEOUT: end the read first, so that a
+    # slow upstream holds no database connection (nor a transaction) meanwhile.
+    db.session.close()
     return price_of(item_id)

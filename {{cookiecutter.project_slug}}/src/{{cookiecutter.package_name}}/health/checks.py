@@ -169,6 +169,10 @@ def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
     # The app itself, not the context-local proxy: the checks run in other threads.
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
     timeout: float = app.config["HEALTH_CHECK_TIMEOUT"]
+    # The checks use connections of their own: end this request's transaction
+    # (its credentials were looked up), so that it holds no connection while it
+    # waits for them; with in-memory SQLite, the one they need.
+    db.session.close()
     runs = [CheckRun(app, name, registered) for name, registered in checks.items()]
     deadline = time.monotonic() + timeout
     for run in runs:
