@@ -1,10 +1,12 @@
 """The Docker deployment files: clean to their linters, consistent, and working.
 
-There is no Docker engine here, so the image is proved by its own steps run
-outside Docker: the build context as .dockerignore leaves it, the Dockerfile's
-RUN commands in a fresh environment, and its COPY lines into a runtime folder.
-tests/test_boot.py then runs that image as compose would: the migration, the
-CMD, the worker and beat, their healthchecks, a smoke over HTTP and a stop.
+For every answer set, without a Docker engine, the image is proved by its own
+steps run outside Docker: the build context as .dockerignore leaves it, the
+Dockerfile's RUN commands in a fresh environment, and its COPY lines into a
+runtime folder. tests/test_boot.py then runs that image as compose would: the
+migration, the CMD, the worker and beat, their healthchecks, a smoke over HTTP
+and a stop. tests/test_container.py builds and runs the image itself, and
+compose, on a Docker engine, for the default and the all-on sets.
 """
 
 from __future__ import annotations
