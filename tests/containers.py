@@ -90,6 +90,8 @@ ENGINE_PROGRAMS = frozenset(
     }
 )
 
+# What dockerd and containerd make outside their roots, whatever their flags.
+RUN_FOLDERS = (Path("/run/docker"), Path("/run/containerd"))
 # The build cache kept between runs (the rest is pruned when an engine stops).
 KEPT_CACHE = "3GB"
 LOCK_TIMEOUT = 1800.0  # another test may hold the engine through a cold build
@@ -558,11 +560,7 @@ class Engine:
         DATA_ROOT.mkdir(parents=True, exist_ok=True)
         config = self.exec_root / "daemon.json"
         config.write_text("{}\n", encoding="utf-8")  # not the host's daemon.json
-        self.outside = [
-            path
-            for path in (Path("/run/docker"), Path("/run/containerd"))
-            if not path.exists()
-        ]
+        self.outside = [path for path in RUN_FOLDERS if not path.exists()]
         command = [
             "dockerd",
             f"--config-file={config}",
@@ -667,14 +665,18 @@ def sweep(
                     break
                 time.sleep(0.1)
     shutil.rmtree(exec_root, ignore_errors=True)
-    for path in outside:
-        # Made by this engine (absent before it started): removed when empty.
-        for folder in sorted(
-            (Path(name) for name, _, _ in os.walk(path)), key=lambda p: -len(p.parts)
-        ):
+    # Made by this engine (absent before it started): removed when empty.
+    remove_empty(outside)
+    return left
+
+
+def remove_empty(paths: Sequence[Path]) -> None:
+    """Remove the empty folders in and at `paths`, deepest first."""
+    for path in paths:
+        folders = [Path(name) for name, _, _ in os.walk(path)]
+        for folder in sorted(folders, key=lambda folder: -len(folder.parts)):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-    return left
 
 
 def stop_orphans() -> list[str]:
@@ -699,10 +701,14 @@ def stop_orphans() -> list[str]:
             options.get("--cgroup-parent", "/docker"),
             children=children,
         )
-    # An engine killed outright may leave its data root mounted.
+    # An engine killed outright may leave its data root mounted, and the
+    # folders it made in /run (removed when empty and no engine runs at all).
     for point in mounts_under([DATA_ROOT]):
         left.append(f"mount {point} of an earlier run")
         subprocess.run(["umount", "--lazy", point], check=False, capture_output=True)
+    running = {Path(argv[0]).name for argv in command_lines().values()}
+    if left and not running & {"dockerd", "containerd"}:
+        remove_empty(RUN_FOLDERS)
     return left
 
 
