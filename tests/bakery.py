@@ -17,9 +17,9 @@ from typing import IO, Any, TypeVar
 
 import pytest
 from cookiecutter.main import cookiecutter
-from pythons import Python, require
 
 from answer_sets import AnswerSet
+from pythons import Python, require
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
 from rootfs import rootfs
 
 TEMPLATE = Path(__file__).resolve().parent.parent

@@ -35,10 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import containers
 import pytest
 import test_services
-from containers import Engine
 from test_deploy import (
     answer,
     builds_the_image,
@@ -49,8 +47,10 @@ from test_deploy import (
     with_celery,
 )
 
+import containers
 from answer_sets import ANSWER_SETS, AnswerSet
 from bakery import Bake, only, run
+from containers import Engine
 
 # The yes/no prompts, each on in the all-on set.
 SWITCHES = {

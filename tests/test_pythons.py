@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+
+from answer_sets import ANSWER_SETS
+from bakery import TEMPLATE, Bake, readme_commands, render, rendered_context, run
 from pythons import (
     DEBIAN_SUITES,
     DEFAULT,
@@ -29,9 +32,6 @@ from pythons import (
     require,
     variable,
 )
-
-from answer_sets import ANSWER_SETS
-from bakery import TEMPLATE, Bake, readme_commands, render, rendered_context, run
 
 # The default set's Python runs it through test_bake and test_services.
 EXTRA_PYTHONS = [version for version in OFFERED if version != DEFAULT]
