@@ -207,6 +207,9 @@ def test_image_runs_and_compose_serves(
     if celery:
         # Production refuses to start without a broker; liveness never asks it.
         alone["CELERY_BROKER_URL"] = "redis://broker.invalid:6379/0"
+        # Nor with mail written into its logs (MAIL_BACKEND's default).
+        alone["MAIL_BACKEND"] = "smtp"
+        alone["MAIL_HOST"] = "mail.invalid"
     engine.docker("network", "create", network)
     with timed(timings, "run to healthy"):
         engine.docker(

@@ -178,6 +178,10 @@ def base_env(workdir: Path, threads: int) -> dict[str, str]:
         # With Celery, production needs a broker; the benchmark sends no task,
         # so one nobody listens on will do (ignored without Celery).
         CELERY_BROKER_URL="redis://127.0.0.1:9/0",
+        # Nor mail in the logs (the console backend): a server nobody runs.
+        MAIL_BACKEND="smtp",
+        MAIL_HOST="127.0.0.1",
+        MAIL_PORT="9",
         FLASK_SKIP_DOTENV="1",
         WEB_CONCURRENCY="1",
         GUNICORN_THREADS=str(threads),

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from {{ cookiecutter.package_name }}.auth.keys import process_key
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import ApiKey, User
+from {{ cookiecutter.package_name }}.models.base import utcnow
 from {{ cookiecutter.package_name }}.resilience import store
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -60,6 +62,10 @@ PRODUCTION_EXTRAS: dict[str, str] = {
     # A Celery broker: one nobody listens on, so a task sent fails at once
     # (and is logged) and no Redis of the machine collects stray tasks.
     "CELERY_BROKER_URL": "redis://127.0.0.1:9/0",
+    # Production refuses the console backend; the tests send no mail from it.
+    "MAIL_BACKEND": "smtp",
+    "MAIL_HOST": "127.0.0.1",
+    "MAIL_PORT": "9",
 }
 {%- else %}
 PRODUCTION_EXTRAS: dict[str, str] = {}
@@ -130,6 +136,7 @@ def signed_in(app: Flask, *others: Flask) -> list[FlaskClient]:
                         prefix=prefix,
                         secret_hash=users.secret_hash(account.api_key),
                         scopes=["read", "write"],
+                        expires_at=utcnow() + timedelta(days=1),
                     )
                 )
                 db.session.commit()

@@ -81,8 +81,9 @@ def server_env(port: int, **variables: str) -> dict[str, str]:
         APP_ENV="production",
         JWT_PRIVATE_KEY=signing_key_pem(),
     )
-    if "REDIS_URL" not in variables:  # with Redis, Celery's broker is Redis
-        env.update(PRODUCTION_EXTRAS)
+    env.update(PRODUCTION_EXTRAS)
+    if "REDIS_URL" in variables:  # with Redis, Celery's broker is Redis
+        env.pop("CELERY_BROKER_URL", None)
     env.update(variables)
     return env
 

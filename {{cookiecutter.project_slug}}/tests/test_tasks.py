@@ -218,6 +218,19 @@ def test_production_refuses_an_smtp_login_in_clear_text() -> None:
         config.validate(config.settings())
 
 
+def test_production_refuses_mail_in_the_logs_unless_told_it_may() -> None:
+    settings = production_settings()
+    del settings["MAIL_BACKEND"]  # the default: console
+    config = load_config("production", settings)
+    with pytest.raises(ConfigError, match="MAIL_BACKEND=console writes every"):
+        config.validate(config.settings())
+    accepted = load_config(
+        "production", {**settings, "MAIL_CONSOLE_IN_PRODUCTION": "true"}
+    )
+    accepted.validate(accepted.settings())
+    assert accepted.MAIL_BACKEND == "console"
+
+
 def test_production_with_redis_has_its_broker() -> None:
     settings = production_settings(REDIS_URL="redis://r:6379/0")
     del settings["CELERY_BROKER_URL"]
@@ -244,6 +257,7 @@ def test_production_with_redis_has_its_broker() -> None:
         ({"MAIL_BACKEND": "carrier-pigeon"}, "MAIL_BACKEND='carrier-pigeon'"),
         ({"MAIL_SECURITY": "ssl3"}, "MAIL_SECURITY='ssl3' is not one of"),
         ({"MAIL_PORT": "70000"}, "MAIL_PORT"),
+        ({"MAIL_CONSOLE_IN_PRODUCTION": "maybe"}, "MAIL_CONSOLE_IN_PRODUCTION"),
         ({"CLEANUP_INTERVAL": "1"}, "CLEANUP_INTERVAL"),
         ({"CELERY_METRICS_PORT": "9100"}, "without PROMETHEUS_MULTIPROC_DIR"),
         (

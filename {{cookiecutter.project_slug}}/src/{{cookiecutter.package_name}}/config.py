@@ -52,6 +52,8 @@ SUPPORTED_DATABASES = "postgresql:// (psycopg 3) or sqlite://"
 # Seconds: PostgreSQL's statement_timeout is milliseconds in a 32-bit integer.
 MAX_CONNECT_TIMEOUT = 300
 MAX_STATEMENT_TIMEOUT = 24 * 60 * 60
+# The longest lifetime, in days, an API key can be given (API_KEY_MAX_TTL_DAYS).
+MAX_API_KEY_DAYS = 3650
 # libpq settings whose values libpq checks only when it connects: checked here,
 # so a typo is a start-up error, not a 503 on every request.
 LIBPQ_CHOICES = {
@@ -650,8 +652,9 @@ class Config:
     REDIS_KEY_PREFIX = __package__ or "app"
     # Seconds to wait for Redis before counting it as down.
     REDIS_TIMEOUT = 0.5
-    # The limit of every view that has no policy of its own (health probes are
-    # exempt), per client.
+    # The limit of every request whose view has no policy of its own (health
+    # probes are exempt), OPTIONS requests and paths no route serves included,
+    # per client (a verified caller's user, else the address).
     RATELIMIT_DEFAULT = "600 per minute"
     RATE_LIMITS_ENABLED = True
     # How many proxies in front set X-Forwarded-For and -Proto: 0 trusts none.
@@ -672,9 +675,14 @@ class Config:
             "write": {"limit": "60 per minute", "idempotency": True},
             "pricing": {"limit": "120 per minute"},
             # Sign-in and password change: per client and per account.
-            "login": {"limit": "5 per minute"},
+            # fail_closed: while Redis is away, 503 rather than a count in each
+            # worker (which would multiply the limit by the workers).
+            "login": {"limit": "5 per minute", "fail_closed": True},
+            # Sign-in, per account, from clients it never signed in on (a
+            # known device counts under "login" on its own: auth/attempts.py).
+            "login-account": {"limit": "100 per hour", "fail_closed": True},
             # Sign-up: per client and per e-mail address.
-            "register": {"limit": "5 per minute; 20 per hour"},
+            "register": {"limit": "5 per minute; 20 per hour", "fail_closed": True},
             # The other auth endpoints (refresh, logout, API keys, ...).
             "auth": {"limit": "60 per minute"},
         }
@@ -710,6 +718,15 @@ class Config:
     # Seconds of clock difference tolerated between servers.
     JWT_LEEWAY = 10
     PASSWORD_MIN_LENGTH = 12
+    # --- API keys (auth/users.py; README "Authentication") ---
+    # Days a new key lives when its request names none, and the most a request
+    # may name; live (unrevoked, unexpired) keys one user may have; seconds
+    # since the sign-in behind a token for it to create a key without the
+    # password again.
+    API_KEY_TTL_DAYS = 90
+    API_KEY_MAX_TTL_DAYS = 365
+    API_KEYS_PER_USER = 10
+    API_KEY_SIGN_IN_MAX_AGE = 300
 {%- if cookiecutter.use_oauth == "yes" %}
     # OpenID Connect providers (auth/oidc.py), by name: OIDC_PROVIDERS lists
     # them; each needs OIDC_<NAME>_CLIENT_ID and OIDC_<NAME>_CLIENT_SECRET, and
@@ -791,6 +808,9 @@ class Config:
     # none, starttls (upgrade a plain connection, usually port 587) or tls (465).
     MAIL_SECURITY = "none"
     MAIL_TIMEOUT = 10.0
+    # The console backend writes recipients and bodies (sign-in links, one
+    # day) into the logs: production refuses it unless this says it may.
+    MAIL_CONSOLE_IN_PRODUCTION = False
 {%- endif %}
 
     SESSION_COOKIE_HTTPONLY = True
@@ -917,12 +937,39 @@ class Config:
             minimum=8,
             maximum=128,
         )
+        self.api_key_settings(environ)
 {%- if cookiecutter.use_oauth == "yes" %}
         self.OIDC_PROVIDERS = oidc_providers(environ)
         self.OIDC_TIMEOUT = env_seconds(
             environ, "OIDC_TIMEOUT", self.OIDC_TIMEOUT, maximum=60
         )
 {%- endif %}
+
+    def api_key_settings(self, environ: Mapping[str, str]) -> None:
+        """API_KEY_TTL_DAYS (within API_KEY_MAX_TTL_DAYS), API_KEYS_PER_USER and
+        API_KEY_SIGN_IN_MAX_AGE."""
+        self.API_KEY_MAX_TTL_DAYS = env_int(
+            environ,
+            "API_KEY_MAX_TTL_DAYS",
+            self.API_KEY_MAX_TTL_DAYS,
+            maximum=MAX_API_KEY_DAYS,
+        )
+        self.API_KEY_TTL_DAYS = env_int(
+            environ,
+            "API_KEY_TTL_DAYS",
+            min(self.API_KEY_TTL_DAYS, self.API_KEY_MAX_TTL_DAYS),
+            maximum=self.API_KEY_MAX_TTL_DAYS,
+        )
+        self.API_KEYS_PER_USER = env_int(
+            environ, "API_KEYS_PER_USER", self.API_KEYS_PER_USER, maximum=1000
+        )
+        self.API_KEY_SIGN_IN_MAX_AGE = env_int(
+            environ,
+            "API_KEY_SIGN_IN_MAX_AGE",
+            self.API_KEY_SIGN_IN_MAX_AGE,
+            minimum=0,
+            maximum=24 * 3600,
+        )
 
     def resilience_settings(self, environ: Mapping[str, str]) -> None:
         """REDIS_URL switches every shared state store to Redis at once."""
@@ -1024,6 +1071,9 @@ class Config:
         )
         self.MAIL_TIMEOUT = env_seconds(
             environ, "MAIL_TIMEOUT", self.MAIL_TIMEOUT, maximum=300
+        )
+        self.MAIL_CONSOLE_IN_PRODUCTION = env_bool(
+            environ, "MAIL_CONSOLE_IN_PRODUCTION", default=False
         )
 
     def worker_metrics_settings(self, environ: Mapping[str, str]) -> None:
@@ -1188,6 +1238,14 @@ class ProductionConfig(Config):
                 "No broker: set REDIS_URL (or CELERY_BROKER_URL, for instance "
                 "amqp://user:password@host:5672/ for RabbitMQ). Production never "
                 "runs tasks inside web requests"
+            )
+        if config.get("MAIL_BACKEND") == "console" and not config.get(
+            "MAIL_CONSOLE_IN_PRODUCTION"
+        ):
+            raise ConfigError(
+                "MAIL_BACKEND=console writes every recipient and message into the "
+                "logs: set MAIL_BACKEND=smtp (with MAIL_HOST) or file, or "
+                "MAIL_CONSOLE_IN_PRODUCTION=true to accept that"
             )
         if config.get("MAIL_USERNAME") and config.get("MAIL_SECURITY") == "none":
             raise ConfigError(
