@@ -18,11 +18,22 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from {{ cookiecutter.package_name }}.config import ConfigError, oidc_providers
+from {{ cookiecutter.package_name }}.config import (
+    ConfigError,
+    load_config,
+    oidc_providers,
+    public_url,
+)
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import User
 
-from conftest import PASSWORD, AppFactory, add_account, outside_a_window_edge
+from conftest import (
+    PASSWORD,
+    AppFactory,
+    add_account,
+    outside_a_window_edge,
+    production_settings,
+)
 
 CLIENT_ID = "kiln-test-client"
 EMAIL = "someone@example.com"
@@ -353,6 +364,67 @@ def test_bad_provider_settings_are_one_clear_error(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         oidc_providers(environ)
+
+
+def test_providers_send_the_browser_back_to_public_url_whatever_the_host(
+    make_app: AppFactory, provider: FakeProvider
+) -> None:
+    site = offering(make_app, provider, PUBLIC_URL="https://members.example")
+    response = site.test_client().get(
+        "/auth/oidc/fake/login", headers={"Host": "evil.example"}
+    )
+    assert response.status_code == 302
+    query = urllib.parse.urlsplit(response.headers["Location"]).query
+    assert dict(urllib.parse.parse_qsl(query))["redirect_uri"] == (
+        "https://members.example/auth/oidc/fake/callback"
+    )
+
+
+PROVIDER_ENVIRONMENT = {
+    "OIDC_PROVIDERS": "google",
+    "OIDC_GOOGLE_CLIENT_ID": "g-id",
+    "OIDC_GOOGLE_CLIENT_SECRET": "g-secret",
+}
+
+
+@pytest.mark.parametrize(
+    ("public", "message"),
+    [
+        (None, "PUBLIC_URL is not set: OpenID Connect sends sign-ins back to it"),
+        ("http://members.example", "must be https:// in production"),
+    ],
+)
+def test_production_with_a_provider_needs_an_https_public_url(
+    public: str | None, message: str
+) -> None:
+    extra = {} if public is None else {"PUBLIC_URL": public}
+    config = load_config(
+        "production", production_settings(**PROVIDER_ENVIRONMENT, **extra)
+    )
+    with pytest.raises(ConfigError, match=message):
+        config.validate(config.settings())
+    fine = load_config(
+        "production",
+        production_settings(**PROVIDER_ENVIRONMENT, PUBLIC_URL="https://m.example/"),
+    )
+    fine.validate(fine.settings())
+    assert fine.PUBLIC_URL == "https://m.example"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "members.example",
+        "ftp://members.example",
+        "https://members.example/app",
+        "https://members.example?next=/",
+        "https://user:pw@members.example",
+        "https://members.example#top",
+    ],
+)
+def test_public_url_is_an_origin(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"PUBLIC_URL=.* is not an origin"):
+        public_url({"PUBLIC_URL": value})
 
 
 def test_a_provider_failing_mid_sign_in_is_no_500(

@@ -281,6 +281,31 @@ def oidc_providers(environ: Mapping[str, str]) -> dict[str, dict[str, str]]:
             "metadata_url": metadata_url,
         }
     return providers
+
+
+def public_url(environ: Mapping[str, str]) -> str | None:
+    """PUBLIC_URL: an http:// or https:// origin (no path, query or login)."""
+    raw = environ.get("PUBLIC_URL", "").strip().rstrip("/")
+    if not raw:
+        return None
+    try:
+        parsed = parse_url(raw)
+    except LocationParseError:
+        parsed = None
+    if (
+        parsed is None
+        or parsed.scheme not in {"http", "https"}
+        or not parsed.host
+        or parsed.auth
+        or parsed.path
+        or parsed.query is not None
+        or parsed.fragment is not None
+    ):
+        raise ConfigError(
+            f"PUBLIC_URL={raw!r} is not an origin such as https://app.example.com "
+            "(a scheme and a host, no path)"
+        )
+    return raw
 {%- endif %}
 
 
@@ -745,6 +770,11 @@ class Config:
 
     # --- Background jobs (tasks/; README "Background jobs") ---
     # The broker: CELERY_BROKER_URL, else REDIS_URL. None: each task runs at
+    # The origin browsers reach the service at (https://app.example.com): the
+    # providers send sign-ins back to it. Without it (development) the
+    # request's own host is used, which a client can forge: production with a
+    # provider requires it.
+    PUBLIC_URL: str | None = None
     # once in the process that sends it (eager), which production refuses.
     CELERY_BROKER_URL: str | None = None
     # Seconds a task may run: at the soft limit it is asked to stop, at the hard
@@ -953,6 +983,7 @@ class Config:
             "API_KEY_MAX_TTL_DAYS",
             self.API_KEY_MAX_TTL_DAYS,
             maximum=MAX_API_KEY_DAYS,
+        self.PUBLIC_URL = public_url(environ)
         )
         self.API_KEY_TTL_DAYS = env_int(
             environ,
@@ -1261,6 +1292,16 @@ class ProductionConfig(Config):
 
 
 CONFIGS: dict[str, type[Config]] = {
+{%- if cookiecutter.use_oauth == "yes" %}
+        public = config.get("PUBLIC_URL")
+        if config.get("OIDC_PROVIDERS") and not public:
+            raise ConfigError(
+                "PUBLIC_URL is not set: OpenID Connect sends sign-ins back to it "
+                "(https://your.host), never to the Host a request names"
+            )
+        if public and not public.startswith("https://"):
+            raise ConfigError(f"PUBLIC_URL={public!r} must be https:// in production")
+{%- endif %}
     config.NAME: config
     for config in (DevelopmentConfig, TestingConfig, ProductionConfig)
 }

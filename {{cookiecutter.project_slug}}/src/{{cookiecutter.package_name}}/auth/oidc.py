@@ -101,11 +101,21 @@ def private(response: Response) -> Response:
     return response
 
 
+def callback_url(name: str) -> str:
+    """Where provider `name` sends the browser back: under PUBLIC_URL, never
+    under the request's Host, which a client may forge to collect the code
+    (development, with no PUBLIC_URL, takes the request's)."""
+    public: str | None = current_app.config["PUBLIC_URL"]
+    if public is None:
+        return url_for(".callback", name=name, _external=True)
+    return public + url_for(".callback", name=name)
+
+
 @oidc_bp.get("/<name>/login")
 def login(name: str) -> ResponseReturnValue:
     """Send the browser to the provider (state and nonce go into the session)."""
     client = client_of(name)
-    redirect_uri = url_for(".callback", name=name, _external=True)
+    redirect_uri = callback_url(name)
     with talking_to(name, client):
         pin_algorithms(client)
         response: ResponseReturnValue = client.authorize_redirect(redirect_uri)
