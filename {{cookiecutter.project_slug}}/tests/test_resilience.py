@@ -481,6 +481,31 @@ def test_the_items_list_is_cached_and_forgotten_on_writes(
     assert client.post(ITEMS, json={"name": "Third"}).status_code == 201
     assert client.get(ITEMS).json["total"] == 3  # type: ignore[index]
 
+def test_a_retry_whose_key_has_no_record_runs_and_is_logged(
+    app: Flask, client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = {"Idempotency-Key": "order-0042"}
+    assert client.post(ITEMS, json={"name": "A"}, headers=first).status_code == 201
+    retry = {**first, "Idempotency-Retry": "true"}
+    with caplog.at_level("WARNING"):
+        replayed = client.post(ITEMS, json={"name": "A"}, headers=retry)
+        assert replayed.headers["Idempotent-Replayed"] == "true"
+        unmarked = {"Idempotency-Key": "order-0043"}
+        created = client.post(ITEMS, json={"name": "B"}, headers=unmarked)
+        assert created.status_code == 201
+        assert "has no record" not in caplog.text
+        # A retry of a request whose record expired or was lost (a Redis flush):
+        # it runs again, and the log says so.
+        marked = {"Idempotency-Key": "order-0044", "Idempotency-Retry": "true"}
+        created = client.post(ITEMS, json={"name": "C"}, headers=marked)
+        assert created.status_code == 201
+    warnings = [r for r in caplog.records if "has no record" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert "POST /api/v1/items" in warnings[0].getMessage()
+    assert count_items(app) == 3
+
+
 
 def test_exempt_keeps_a_blueprint_out_of_limits_and_shedding(
     make_app: AppFactory,

@@ -34,6 +34,9 @@ from .store import RedisStore
 
 EXTENSION_KEY = "idempotency"
 HEADER = "Idempotency-Key"
+# Sent "true" by a client repeating a request: a key with no record then means
+# the record was lost (expired, or Redis lost it), which is logged.
+RETRY_HEADER = "Idempotency-Retry"
 # How long a reservation holds while its request runs; a crashed worker's
 # reservation expires after this, so the key becomes usable again.
 RUNNING_TTL = 60
@@ -61,6 +64,16 @@ class IdempotencyKeyHeader(BaseModel):
             "Send a unique value (a UUID) to make a retry of this request safe: "
             "the first request runs, a retry with the same key and body gets "
             "its answer again. Kept for 24 hours."
+        ),
+    )
+    idempotency_retry: Literal["true", "false"] | None = Field(
+        default=None,
+        alias="Idempotency-Retry",
+        description=(
+            "Send true when this request repeats an earlier one with the same "
+            "Idempotency-Key. If the key has no record (it expired, or the "
+            "service's store lost it), the request runs again, and the service "
+            "logs a warning."
         ),
     )
 
@@ -214,6 +227,15 @@ def begin(keys: IdempotencyKeys, idempotency_key: str) -> Reservation:
     reservation: Record = {"fingerprint": mine, "state": "running"}
     existing = keys.reserve(key, json.dumps(reservation))
     if existing is None:
+        if request.headers.get(RETRY_HEADER, "").strip().lower() == "true":
+            # Run it (its answer is what the client lacks), but say so: a
+            # second write may be happening.
+            logger.warning(
+                "a retried request's Idempotency-Key has no record (expired after "
+                "IDEMPOTENCY_TTL, or lost by its store): it runs again, %s %s",
+                request.method,
+                request.path[:256],
+            )
         return Reservation(key, mine, "run", reservation)
     record: Record = json.loads(existing)
     if record.get("fingerprint") != mine:
