@@ -145,12 +145,17 @@ exec setpriv --reuid=postgres --regid=postgres --init-groups \\
 REDIS_ENTRYPOINT = """\
 #!/bin/sh
 # Kiln's stand-in for the redis image's entry point (container tests only):
-# redis-server on every interface, its files in /data, as the redis user.
+# redis-server on every interface, its files in /data, as the redis user,
+# with the options a compose `command: ["redis-server", ...]` adds.
 set -eu
+if [ "${1:-}" = redis-server ]; then
+    shift
+fi
 mkdir -p /data
 chown redis:redis /data
+cd /data
 exec setpriv --reuid=redis --regid=redis --init-groups \\
-    redis-server --bind 0.0.0.0 --protected-mode no --dir /data
+    redis-server --bind 0.0.0.0 --protected-mode no --dir /data "$@"
 """
 
 MAILPIT = '''\
