@@ -7,6 +7,7 @@ this file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import socket
 import sys
 import tempfile
 import uuid
+from http import HTTPStatus
 from pathlib import Path
 
 from gunicorn import util
@@ -180,6 +182,9 @@ def write_problem(
             "type": "about:blank",
             "title": reason,
             "status": status,
+    # The status's own phrase: Gunicorn passes "Bad Request" with its 501s.
+    with contextlib.suppress(ValueError):
+        reason = HTTPStatus(status).phrase
             "detail": "The server could not read the request.",
             "request_id": request_id,
         }

@@ -6,6 +6,7 @@ stopped by the test that started it.
 
 from __future__ import annotations
 
+import http
 import http.client
 import json
 import os
@@ -483,8 +484,9 @@ def shared_server(
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
         (b"GET / HTTP/1.1\r\nHost: x\r\nSecret\x01Name: 1\r\n\r\n", 400),
         (b"BREW / HTTP/9.9\r\nHost: x\r\n\r\n", 400),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: br\r\n\r\n", 501),
     ],
-    ids=["long-url", "bad-header-name", "bad-http-version"],
+    ids=["long-url", "bad-header-name", "bad-http-version", "unknown-coding"],
 )
 def test_requests_gunicorn_refuses_get_problem_documents(
     shared_server: Server, request_head: bytes, status: int
@@ -495,10 +497,11 @@ def test_requests_gunicorn_refuses_get_problem_documents(
         while chunk := raw.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    title = http.HTTPStatus(status).phrase
+    assert head.startswith(f"HTTP/1.1 {status} {title}\r\n".encode())
     assert b"Content-Type: application/problem+json" in head
     problem = json.loads(body)
-    assert problem["status"] == status
+    assert (problem["status"], problem["title"]) == (status, title)
     assert problem["detail"] == "The server could not read the request."
     # An id of its own (the client's was never read), as the header says.
     assert f"X-Request-ID: {problem['request_id']}".encode() in head
