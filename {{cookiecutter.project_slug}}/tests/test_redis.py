@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,22 +21,26 @@ from flask import Flask
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item
 from {{ cookiecutter.package_name }}.resilience import breakers_of, redis_store
+from {{ cookiecutter.package_name }}.resilience.limits import listed
 from {{ cookiecutter.package_name }}.resilience.store import (
     FIRST_COOL_DOWN,
     RedisGate,
 )
 
 from conftest import (
+    PASSWORD,
     AppFactory,
     FakeUpstream,
     RedisTarget,
     Reply,
     outside_a_window_edge,
+    problem,
     signed_in,
 )
 
 ITEMS = "/api/v1/items"
 DOCUMENT = "/api/openapi.json"
+AUTH = "/api/v1/auth"
 
 
 def redis_app(make_app: AppFactory, target: RedisTarget, **overrides: Any) -> Flask:
@@ -100,12 +105,12 @@ class Fallback:
             "Redis is unreachable",
             FIRST_COOL_DOWN + 0.1,
         ),
-        # No policy: Flask-Limiter's default limit, which checks 1 s, then 2 s on.
+        # No policy: the default limit, counted the same way.
         Fallback(
             DOCUMENT,
             {"RATELIMIT_DEFAULT": "3/minute"},
-            "falling back to in-memory storage",
-            2.1,
+            "Redis is unreachable",
+            FIRST_COOL_DOWN + 0.1,
         ),
     ],
     ids=["policy", "default"],
@@ -134,46 +139,99 @@ def test_rate_limits_fall_back_to_memory_and_come_back(
     assert client.get(path).headers["RateLimit-Remaining"] == "1"
 
 
-def test_a_client_takes_its_hits_from_redis_in_leases(
+def test_every_worker_counts_every_hit_in_redis(
     make_app: AppFactory, redis_target: RedisTarget
 ) -> None:
-    # 6400 per minute: a lease is 1/64 of what is left, capped at 100 hits.
-    app = redis_app(
-        make_app,
-        redis_target,
-        RATE_LIMITS_ENABLED=True,
-        RESILIENCE_POLICIES={"read": {"limit": "6400 per minute"}},
-    )
-    client = app.test_client()
-    outside_a_window_edge()
-    remaining = [
-        int(client.get(ITEMS).headers["RateLimit-Remaining"]) for _ in range(10)
-    ]
-    assert remaining == list(range(6399, 6389, -1))
-    (key,) = [key for key in redis_target.stored_keys() if ":limits:" in key]
-    assert redis_target.get(key) == b"100", "ten requests, one round trip"
-
-
-def test_leases_shrink_so_that_the_limit_holds_across_workers(
-    make_app: AppFactory, redis_target: RedisTarget
-) -> None:
+    # A limit far from being reached, where workers once took hits in leases.
     settings: dict[str, Any] = {
         "RATE_LIMITS_ENABLED": True,
-        "RESILIENCE_POLICIES": {"read": {"limit": "128 per minute"}},
-        "MAX_IN_FLIGHT": 64,
+        "RESILIENCE_POLICIES": {"read": {"limit": "6400 per minute"}},
     }
     first = redis_app(make_app, redis_target, **settings).test_client()
     second = redis_app(make_app, redis_target, **settings).test_client()
     outside_a_window_edge()
-    assert first.get(ITEMS).status_code == 200  # leases 2 hits, uses one
-    admitted_by_second = 0
-    while second.get(ITEMS).status_code == 200:
-        admitted_by_second += 1
-        assert admitted_by_second <= 128
-    assert admitted_by_second == 126
-    # The first worker still holds one leased hit: the window admits 128 in all.
-    assert first.get(ITEMS).status_code == 200
-    assert first.get(ITEMS).status_code == 429
+    remaining = [
+        int(worker.get(ITEMS).headers["RateLimit-Remaining"])
+        for _ in range(10)
+        for worker in (first, second)
+    ]
+    # What each answer announces is what is left, whichever worker answers.
+    assert remaining == list(range(6399, 6379, -1))
+    (key,) = [key for key in redis_target.stored_keys() if ":limits:" in key]
+    assert redis_target.get(key) == b"20"
+
+
+def test_a_request_counts_in_all_its_windows_in_one_round_trip(
+    make_app: AppFactory, redis_target: RedisTarget, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = redis_app(
+        make_app,
+        redis_target,
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES={"read": {"limit": "5 per minute; 7 per hour"}},
+    )
+    store = redis_store(app)
+    assert store is not None
+    sent: list[str] = []
+    execute: Callable[..., Any] = store.client.execute_command
+
+    def counting(*args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]).upper())
+        return execute(*args, **options)
+
+    monkeypatch.setattr(store.client, "execute_command", counting)
+    client = app.test_client()
+    outside_a_window_edge()
+    client.get(ITEMS)  # the first call also loads the script into Redis
+    sent.clear()
+    answer = client.get(ITEMS)
+    assert answer.headers["RateLimit-Policy"] == "5;w=60"
+    assert [command for command in sent if command.startswith("EVAL")] == ["EVALSHA"]
+    limits = [key for key in redis_target.stored_keys() if ":limits:" in key]
+    assert [redis_target.get(key) for key in limits] == [b"2", b"2"]
+    for _ in range(5):
+        client.get(ITEMS)
+    # The hour's window is the tighter one now: 7 hits, 0 left.
+    refused = client.get(ITEMS)
+    assert refused.status_code == 429
+    assert refused.headers["RateLimit-Policy"] == "7;w=3600"
+
+
+def test_sign_in_and_sign_up_fail_closed_while_redis_is_away(
+    make_app: AppFactory,
+    redis_target: RedisTarget,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = redis_app(make_app, redis_target, RATE_LIMITS_ENABLED=True)
+    client = app.test_client()
+    sign_in = {"email": "someone@example.com", "password": "a wrong password"}
+    assert client.post(f"{AUTH}/token", json=sign_in).status_code == 401
+    redis_target.cut()
+    with caplog.at_level(logging.WARNING):
+        # Each worker counting on its own would multiply the limit by the
+        # workers: refused until Redis answers, where the count is shared.
+        for _ in range(3):
+            refused = client.post(f"{AUTH}/token", json=sign_in)
+            assert problem(refused, 503)["title"] == "Service Unavailable"
+            assert refused.headers["Retry-After"] == "5"
+        sign_up = {"email": "new@example.com", "password": PASSWORD}
+        problem(client.post(f"{AUTH}/register", json=sign_up), 503)
+        # Reads count in process memory meanwhile.
+        assert client.get(ITEMS).status_code == 200
+    (warning,) = [r.message for r in caplog.records if "Redis is" in r.message]
+    closed = {
+        name
+        for name, policy in app.config["RESILIENCE_POLICIES"].items()
+        if policy.get("fail_closed")
+    }
+    assert {"login", "register"} <= closed
+    assert warning.endswith(
+        f"; meanwhile the {listed(closed)} rate limits answer 503 (the others "
+        "count in each process)"
+    )
+    redis_target.restore()
+    time.sleep(FIRST_COOL_DOWN + 0.1)
+    assert client.post(f"{AUTH}/token", json=sign_in).status_code == 401
 
 
 def test_breaker_state_is_shared_through_redis(

@@ -11,15 +11,15 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import flask_limiter
 import pytest
 from flask import Blueprint, Flask
 from flask.testing import FlaskClient
 from werkzeug.exceptions import InternalServerError
 
+from {{ cookiecutter.package_name }}.auth import users
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.extensions import db
-from {{ cookiecutter.package_name }}.models import Item
+from {{ cookiecutter.package_name }}.models import Item, User
 from {{ cookiecutter.package_name }}.resilience import (
     backpressure,
     exempt,
@@ -91,25 +91,43 @@ def test_the_views_of_a_policy_share_its_limit(make_app: AppFactory) -> None:
     assert count_items(app) == 1
 
 
-def test_protected_views_skip_flask_limiters_per_request_work(
-    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+def test_a_request_counts_once_against_its_views_policy_only(
+    make_app: AppFactory,
 ) -> None:
-    checked: list[bool] = []
-    original = flask_limiter.Limiter._check_request_limit
-
-    def counting(self: flask_limiter.Limiter, *args: Any, **kwargs: Any) -> None:
-        checked.append(True)
-        original(self, *args, **kwargs)
-
-    monkeypatch.setattr(flask_limiter.Limiter, "_check_request_limit", counting)
-    app = limited_app(make_app, RATELIMIT_DEFAULT="1 per minute")
+    app = limited_app(
+        make_app,
+        RESILIENCE_POLICIES=policies(read="3 per minute"),
+        RATELIMIT_DEFAULT="3 per minute",
+    )
     client = app.test_client()
-    assert client.get(ITEMS).status_code == 200
-    assert checked == []
-    # Views without a policy still get Flask-Limiter's default limit.
-    assert client.get("/api/openapi.json").status_code == 200
-    assert checked == [True]
-    problem(client.get("/api/openapi.json"), 429)
+    remaining = [client.get(ITEMS).headers["RateLimit-Remaining"] for _ in range(3)]
+    assert remaining == ["2", "1", "0"]
+    problem(client.get(ITEMS), 429)
+    # The default limit of views without a policy was not touched meanwhile.
+    document = client.get("/api/openapi.json")
+    assert document.headers["RateLimit-Remaining"] == "2"
+
+
+def test_options_and_unrouted_paths_count_against_the_default_limit(
+    make_app: AppFactory,
+) -> None:
+    app = limited_app(
+        make_app,
+        RESILIENCE_POLICIES=policies(read="5 per minute"),
+        RATELIMIT_DEFAULT="3 per minute",
+    )
+    client = app.test_client()
+    options = client.options(ITEMS)
+    assert options.status_code == 200
+    assert options.headers["RateLimit-Policy"] == "3;w=60"
+    assert options.headers["RateLimit-Remaining"] == "2"
+    assert client.get("/no/such/path").headers["RateLimit-Remaining"] == "1"
+    # A method the route does not serve reaches no view either.
+    assert client.put(ITEMS).headers["RateLimit-Remaining"] == "0"
+    problem(client.get("/another/path"), 429)
+    problem(client.options(ITEMS), 429)
+    # The view's own policy still has all of its quota.
+    assert client.get(ITEMS).headers["RateLimit-Remaining"] == "4"
 
 
 def test_views_without_a_policy_get_the_default_limit(make_app: AppFactory) -> None:
@@ -123,6 +141,9 @@ def test_health_probes_are_never_limited(make_app: AppFactory) -> None:
     for _ in range(5):
         assert client.get("/health/live").status_code == 200
         assert client.get("/health/ready").status_code == 200
+    # A path under the probes' prefix that no probe serves is not a probe.
+    assert client.get("/health/nothing").status_code == 404
+    problem(client.get("/health/nothing"), 429)
 
 
 def test_clients_are_counted_by_address(make_app: AppFactory) -> None:
@@ -173,6 +194,37 @@ def test_verified_callers_get_their_own_quota(make_app: AppFactory) -> None:
     problem(client.get(ITEMS, headers=first.headers), 429)
 
 
+def test_a_users_api_keys_and_tokens_share_one_quota(make_app: AppFactory) -> None:
+    app = limited_app(make_app, RESILIENCE_POLICIES=policies(write="10 per minute"))
+    owner = add_account(app, "owner@example.com")
+    other = add_account(app, "other@example.com")
+    with app.app_context():
+        user = db.session.get(User, owner.id)
+        assert user is not None
+        extra = [users.create_api_key(user, f"key {n}", ["write"]) for n in range(4)]
+        keys = [owner.api_key, *(plain for _, plain in extra)]
+        token = users.sign_in(user).access_token
+        other_user = db.session.get(User, other.id)
+        assert other_user is not None
+        other_token = users.sign_in(other_user).access_token
+    client = app.test_client()
+
+    def writes(headers: dict[str, str], count: int) -> list[int]:
+        return [
+            client.post(ITEMS, json={"name": "w"}, headers=headers).status_code
+            for _ in range(count)
+        ]
+
+    # One token: ten writes, then 429.
+    alone = writes({"Authorization": f"Bearer {other_token}"}, 20)
+    assert (alone.count(201), alone.count(429)) == (10, 10)
+    # Five keys of one user, ten writes each: ten in all, as for the token.
+    spread = [status for key in keys for status in writes({"X-API-Key": key}, 10)]
+    assert (spread.count(201), spread.count(429)) == (10, 40)
+    # The user's token draws on the same quota.
+    assert writes({"Authorization": f"Bearer {token}"}, 1) == [429]
+
+
 @pytest.mark.parametrize(
     ("name", "value", "message"),
     [
@@ -210,6 +262,7 @@ def test_limits_come_from_the_environment(
         ({"read": {"limit": "often"}}, r"\['read'\] limit 'often' is not a rate"),
         ({"read": {"limt": "1/second"}}, r"\['read'\] has unknown settings"),
         ({"read": {"breaker": "billing"}}, r"names breaker 'billing'"),
+        ({"default": {"limit": "1/second"}}, r"\['default'\]: the name is the pol"),
     ],
 )
 def test_bad_policies_are_refused_at_start(

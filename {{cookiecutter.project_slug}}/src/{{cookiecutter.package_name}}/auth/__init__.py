@@ -21,6 +21,7 @@ from .principal import (
     accept_sessions,
     authenticated,
     client_identity,
+    client_owner,
     current_principal,
     known_principal,
     require,
@@ -31,7 +32,7 @@ from .users import user_registered
 def init_app(app: Flask) -> None:
     """Load the signing keys; let the rate limiter count verified callers."""
     app.extensions["auth_keys"] = signing_keys(app)
-    identify_clients(app, client_identity)
+    identify_clients(app, client_identity, client_owner)
     register_commands(app)
 
 

@@ -55,9 +55,15 @@ class Principal:
 
     @property
     def identity(self) -> str:
-        """What rate limits and idempotency keys count this caller as."""
+        """Who is calling: idempotency keys are scoped to it."""
         if self.api_key is not None:
             return f"key:{self.api_key.prefix}"
+        return f"user:{self.user.id}"
+
+    @property
+    def owner(self) -> str:
+        """Whose rate limits the call counts against: the user's, whichever of
+        their credentials it carries (more keys bring no more quota)."""
         return f"user:{self.user.id}"
 
 
@@ -183,6 +189,16 @@ def client_identity() -> str | None:
     except SQLAlchemyError:
         return None
     return None if principal is None else principal.identity
+
+
+def client_owner() -> str | None:
+    """Whose quota the rate limiter counts the caller against, or None (see
+    client_identity)."""
+    try:
+        principal = current_principal()
+    except SQLAlchemyError:
+        return None
+    return None if principal is None else principal.owner
 
 
 def authenticated() -> Principal:

@@ -5,29 +5,24 @@ variable, REDIS_URL, moves the limiter, the breaker state, the idempotency keys
 and the cache to Redis together, so that several workers share them (Gunicorn
 refuses to start several workers without it: see gunicorn.conf.py).
 
-Views opt in with one decorator, ``@protected("policy")``; every view gets
-backpressure except those marked ``never_shed``; blueprints marked with
-``exempt`` (the health probes) get no rate limit.
+Views opt in with one decorator, ``@protected("policy")``; every other request
+counts against RATELIMIT_DEFAULT; every view gets backpressure except those
+marked ``never_shed``; blueprints marked with ``exempt`` (the health probes)
+get no rate limit.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+from flask import Flask
 
 from ..extensions import cache
 from . import backpressure, breakers, idempotency, limits, protect, store
 from .backpressure import LoadShed, never_shed
 from .breakers import BreakerOpen, breakers_of
 from .idempotency import IdempotencyKeyHeader
-from .limits import client_address, enforce, identify_clients, limiter
+from .limits import client_address, enforce, exempt, identify_clients
 from .protect import protected
 from .store import redis_store
-
-
-def exempt(blueprint: Blueprint) -> Blueprint:
-    """Keep a blueprint's views out of rate limits (an orchestrator's probes)."""
-    limiter.exempt(blueprint)
-    return blueprint
 
 
 def init_app(app: Flask) -> None:
@@ -36,7 +31,10 @@ def init_app(app: Flask) -> None:
     policies = protect.load_policies(app.config["RESILIENCE_POLICIES"])
     backpressure.init_app(app)
     limits.init_app(
-        app, shared, {name: policy.limit for name, policy in policies.items()}
+        app,
+        shared,
+        {name: policy.limit for name, policy in policies.items()},
+        fail_closed={name for name, policy in policies.items() if policy.fail_closed},
     )
     breakers.init_app(app, shared)
     idempotency.init_app(app, shared)
@@ -54,7 +52,6 @@ __all__ = [
     "exempt",
     "identify_clients",
     "init_app",
-    "limiter",
     "never_shed",
     "protected",
     "redis_store",

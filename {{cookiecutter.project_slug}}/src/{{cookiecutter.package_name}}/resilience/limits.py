@@ -1,19 +1,22 @@
-"""Rate limits: who the client is, how hits are counted, and the RateLimit headers.
+"""Rate limits: whose quota a request uses, how it counts, and the RateLimit headers.
 
-Two paths, one storage choice (Redis with REDIS_URL, else process memory):
+Every request counts once against one policy, before its view runs: the
+view's own (``protected(name)``), else ``default`` (RATELIMIT_DEFAULT), which
+also takes OPTIONS requests answered without a view and paths no route
+serves. Only blueprints marked ``exempt`` (the probes) are left out. Views
+may count a request again against another policy and identity with
+``enforce`` (sign-in counts each attempt against the account it names too).
 
-- Views guarded by ``protected(name)`` count against their policy's limit here,
-  with one atomic increment per limit and request (``PolicyLimits``). The limit
-  is parsed once, at start-up, and windows are aligned to the clock, so the
-  counter alone gives the remaining quota and the reset time: with Redis, one
-  round trip per request instead of Flask-Limiter's three, and none of its
-  per-request limit resolution (see the benchmark in README.md).
-- Every other view gets RATELIMIT_DEFAULT from Flask-Limiter (``limiter``),
-  which also keeps probes out of limits (``limiter.exempt``). Flask-Limiter's
-  decorators remain available for one-off limits.
-
-When Redis stops answering, both paths count in process memory (each logs one
-warning per outage) and move back once Redis answers again.
+Windows are fixed and aligned to the clock, so a count alone gives the
+remaining quota and the reset time. With Redis (REDIS_URL) every request is
+one call of a Lua script that counts it in all of its windows at once: one
+round trip, and an exact count however many workers and replicas share the
+Redis. Without Redis, counts live in process memory (right for one process).
+While Redis does not answer, policies count in memory too (each worker on
+its own, so their limits multiply by the number of workers) except those
+that fail closed (sign-in and sign-up, whose limits stand between a guesser
+and a password): those answer 503 until Redis answers again. The outage's
+one warning line says so.
 """
 
 from __future__ import annotations
@@ -23,40 +26,73 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import NamedTuple
 
 import redis
-from flask import Flask, Response, current_app, g, request
-from flask_limiter import Limiter, RequestLimit
-from limits import RateLimitItem, parse_many
-from limits.storage import RedisStorage
-from werkzeug.exceptions import TooManyRequests
+from flask import Blueprint, Flask, Response, current_app, request
+from limits import parse_many
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from . import events
 from .store import RedisStore
 from .views import routed_view
 
 EXTENSION_KEY = "policy_limits"
-# The function that names a request's verified caller (auth/ registers it).
+# The functions that name a request's verified caller and the user whose
+# quota it uses (auth/ registers them).
 IDENTIFY_KEY = "identify_client"
-# The policy limit of the current request, for the RateLimit headers.
-STATE_KEY = "rate_limit_state"
+OWNER_KEY = "quota_owner"
+# The limit the RateLimit headers describe, kept in the WSGI environ (per
+# request, unlike ``g``, which a test's app context shares between requests).
+STATE_KEY = f"{__package__}.rate_limit_state"
+# The policy of requests whose view has none of its own.
+DEFAULT_POLICY = "default"
+# What protected() marks its views with: the name of their policy.
+POLICY_ATTRIBUTE = "resilience_policy"
+# What exempt() marks a blueprint with.
+EXEMPT_ATTRIBUTE = "rate_limits_exempt"
+
+# Counts a request in each of its windows (KEYS, with their lifetimes in
+# seconds as ARGV, in the same order) and returns the new counts. A window's
+# first hit sets its expiry. A script runs atomically: no other client's
+# increment comes between the INCR and the EXPIRE, or between two windows.
+COUNT_SCRIPT = """
+local counts = {}
+for index, key in ipairs(KEYS) do
+  local count = redis.call('INCR', key)
+  if count == 1 then
+    redis.call('EXPIRE', key, ARGV[index])
+  end
+  counts[index] = count
+end
+return counts
+"""
 
 
 def client_identity() -> str:
-    """Who a request counts against: its verified caller, else its address.
+    """Who a request is from: its verified caller, else its address.
 
     A caller is whoever the function given to ``identify_clients`` names
-    ("key:<prefix>" for an API key, "user:<id>" for a token), so a header
-    that fails verification is never used: a client could send a new one with
-    every request to get a fresh quota. The address is the peer's, or the one
-    the trusted proxies report (TRUSTED_PROXIES); X-Forwarded-For from anyone
-    else is ignored.
+    ("key:<prefix>" for an API key, "user:<id>" for a token); idempotency
+    keys are scoped to it.
     """
     identify: Callable[[], str | None] | None = current_app.extensions.get(IDENTIFY_KEY)
     identity = identify() if identify is not None else None
+    return identity or client_address()
+
+
+def quota_identity() -> str:
+    """Whose quota a request uses: its verified caller's user, else its address.
+
+    A user's API keys, tokens and session share one quota, so that making more
+    keys does not multiply it. A credential that fails verification is never
+    used: a client could send a new one with every request for a fresh quota.
+    The address is the peer's, or the one the trusted proxies report
+    (TRUSTED_PROXIES); X-Forwarded-For from anyone else is ignored.
+    """
+    owner: Callable[[], str | None] | None = current_app.extensions.get(OWNER_KEY)
+    identity = owner() if owner is not None else None
     return identity or client_address()
 
 
@@ -66,9 +102,15 @@ def client_address() -> str:
     return f"ip:{request.remote_addr or 'unknown'}"
 
 
-def identify_clients(app: Flask, identify: Callable[[], str | None]) -> None:
-    """Count `app`'s requests by what `identify` says of their caller (or None)."""
+def identify_clients(
+    app: Flask,
+    identify: Callable[[], str | None],
+    owner: Callable[[], str | None] | None = None,
+) -> None:
+    """Name `app`'s callers with `identify`, and their quotas with `owner`
+    (None: `identify`'s); each answers None for an anonymous request."""
     app.extensions[IDENTIFY_KEY] = identify
+    app.extensions[OWNER_KEY] = owner or identify
 
 
 @functools.lru_cache(maxsize=4096)
@@ -88,6 +130,17 @@ class LimitState(NamedTuple):
     @property
     def exceeded(self) -> bool:
         return self.remaining < 0
+
+
+class LimitsUnavailable(ServiceUnavailable):
+    """503: a policy that fails closed cannot be counted where every worker
+    counts (Redis does not answer); Retry-After is RETRY_AFTER_UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The rate limit of this request cannot be checked right now; "
+            "try again shortly."
+        )
 
 
 class MemoryCounter:
@@ -122,211 +175,179 @@ class MemoryCounter:
             return count + 1
 
 
-@dataclass
-class Lease:
-    """Hits of one window this worker took from Redis ahead of need."""
-
-    expires: float
-    left: int
-    # The window's count in Redis when this worker last looked.
-    count: int
-
-
 class WindowCounter:
-    """Hits per key and window, counted in Redis while it answers, else in memory.
-
-    With Redis, a worker takes hits in leases: one INCRBY takes up to 1/64 of
-    what is left of the window (at most LEASE_MAX), and the following requests
-    of that client use them up without a round trip. Near the limit leases
-    shrink to one hit, so the count stays exact where it matters (ten
-    admitted of sixty concurrent requests to a 10-per-minute view, however
-    many workers). The cost: hits a worker leased but did not use before the
-    window ends are not used by others (at most 1/64 of the rest per worker).
-    """
-
-    LEASE_SHARE = 64
-    LEASE_MAX = 100
+    """Hits per window key: in Redis while it answers, else in process memory."""
 
     def __init__(self, store: RedisStore | None) -> None:
         self.store = store
         self.memory = MemoryCounter()
-        self.redis = (
-            RedisStorage(
-                store.url, connection_pool=store.pool, key_prefix=store.key("limits")
-            )
-            if store is not None
-            else None
+        self.script = (
+            store.client.register_script(COUNT_SCRIPT) if store is not None else None
         )
-        self._lock = threading.Lock()
-        self._leases: dict[str, Lease] = {}
-        self._next_sweep = 0.0
 
-    def take(self, key: str, expiry: int, amount: int) -> int:
-        """Count one hit on `key` (a window of `expiry` seconds and `amount`
-        hits); what is left of the window after it, negative once over."""
-        if self.redis is not None and self.store is not None:
-            gate = self.store.gate
-            if gate.is_open():
-                left = self._from_lease(key, amount)
-                if left is not None:
-                    return left
-                try:
-                    left = self._lease(self.redis, key, expiry, amount)
-                except redis.RedisError as error:
-                    gate.failed(error)
-                else:
-                    gate.succeeded()
-                    return left
-        return amount - self.memory.incr(key, expiry)
+    def count(
+        self, windows: Sequence[tuple[str, int]], *, fail_closed: bool = False
+    ) -> list[int]:
+        """Add one to each (key, lifetime in seconds) of `windows`; the new counts.
 
-    def _from_lease(self, key: str, amount: int) -> int | None:
-        """A hit from this worker's lease on `key`, if it has one left."""
-        now = time.monotonic()
-        with self._lock:
-            if now >= self._next_sweep:
-                self._leases = {
-                    name: lease
-                    for name, lease in self._leases.items()
-                    if lease.expires > now
-                }
-                self._next_sweep = now + MemoryCounter.SWEEP_INTERVAL
-            lease = self._leases.get(key)
-            if lease is None or lease.left <= 0 or lease.expires <= now:
-                return None
-            lease.left -= 1
-            return amount - lease.count + lease.left
+        In one round trip with Redis. While Redis does not answer: in memory,
+        or LimitsUnavailable when the policy must `fail_closed`.
+        """
+        store, script = self.store, self.script
+        if store is None or script is None:
+            return [self.memory.incr(key, expiry) for key, expiry in windows]
+        gate = store.gate
+        if gate.is_open():
+            try:
+                counts = script(
+                    keys=[store.key("limits", key) for key, _ in windows],
+                    args=[expiry for _, expiry in windows],
+                )
+            except redis.RedisError as error:
+                gate.failed(error)
+            else:
+                gate.succeeded()
+                return [int(count) for count in counts]
+        if fail_closed:
+            raise LimitsUnavailable
+        return [self.memory.incr(key, expiry) for key, expiry in windows]
 
-    def _lease(self, storage: RedisStorage, key: str, expiry: int, amount: int) -> int:
-        """One INCRBY: take a lease of hits, use one; what is left after it."""
-        with self._lock:
-            known = self._leases.get(key)
-        seen = known.count if known is not None else 0
-        size = max(1, min(self.LEASE_MAX, (amount - seen) // self.LEASE_SHARE))
-        count = storage.incr(key, expiry, amount=size)
-        # The hits this lease covers are count - size + 1 .. count; those
-        # within the limit are granted, one of them to this request.
-        granted = max(0, min(size, amount - (count - size)))
-        with self._lock:
-            self._leases[key] = Lease(
-                expires=time.monotonic() + expiry, left=max(0, granted - 1), count=count
-            )
-        if granted == 0:
-            return amount - count
-        return amount - count + granted - 1
+
+class Window(NamedTuple):
+    """One limit of a policy: `amount` hits per `seconds`."""
+
+    amount: int
+    seconds: int
+
+
+class Policy(NamedTuple):
+    """A policy's limits, parsed once, and what it does while Redis is away."""
+
+    windows: tuple[Window, ...]
+    fail_closed: bool
 
 
 class PolicyLimits:
     """The parsed limits of every policy, and the counter they share."""
 
-    def __init__(self, limits: dict[str, str], store: RedisStore | None) -> None:
+    def __init__(
+        self,
+        limits: Mapping[str, str],
+        store: RedisStore | None,
+        fail_closed: Collection[str] = (),
+    ) -> None:
         self.counter = WindowCounter(store)
-        self.items: dict[str, list[RateLimitItem]] = {
-            name: list(parse_many(limit)) if limit else []
+        self.policies = {
+            name: Policy(
+                tuple(
+                    Window(item.amount, item.get_expiry())
+                    for item in (parse_many(limit) if limit else ())
+                ),
+                name in fail_closed,
+            )
             for name, limit in limits.items()
         }
 
     def hit(self, policy: str, identity: str, now: float) -> LimitState | None:
-        """Count a request of `identity` against `policy`; the tightest state.
+        """Count a request of `identity` against `policy`; the state to tell:
+        of the limits it exceeds, the one that resets last (Retry-After must
+        not send the client back into a refusal), else the one with the least
+        left.
 
         Windows start at multiples of their length since the epoch, so every
         worker agrees on them and the reset time needs no second query.
         """
-        tightest: LimitState | None = None
+        chosen = self.policies[policy]
+        if not chosen.windows:
+            return None
         scope = scope_of(identity)
-        for item in self.items[policy]:
-            window = item.get_expiry()
-            number = int(now // window)
-            key = f"{policy}:{item.amount}/{window}:{scope}:{number}"
-            # One second more than the window: the key outlives the window's end.
-            left = self.counter.take(key, window + 1, item.amount)
-            state = LimitState(
-                amount=item.amount,
-                window=window,
-                remaining=left,
-                reset=max(1, math.ceil((number + 1) * window - now)),
+        numbers = [int(now // window.seconds) for window in chosen.windows]
+        counts = self.counter.count(
+            [
+                # One second more than the window: the key outlives its end.
+                (f"{policy}:{amount}/{seconds}:{scope}:{number}", seconds + 1)
+                for (amount, seconds), number in zip(
+                    chosen.windows, numbers, strict=True
+                )
+            ],
+            fail_closed=chosen.fail_closed,
+        )
+        states = [
+            LimitState(
+                amount=amount,
+                window=seconds,
+                remaining=amount - count,
+                reset=max(1, math.ceil((number + 1) * seconds - now)),
             )
-            if tightest is None or state.remaining < tightest.remaining:
-                tightest = state
-        return tightest
+            for (amount, seconds), number, count in zip(
+                chosen.windows, numbers, counts, strict=True
+            )
+        ]
+        if len(states) == 1:
+            return states[0]
+        if exceeded := [state for state in states if state.exceeded]:
+            return max(exceeded, key=lambda state: state.reset)
+        return min(states, key=lambda state: state.remaining)
 
 
 def enforce(policy: str, identity: str | None = None) -> None:
     """Count this request against `policy`; 429 when it is over the limit.
 
-    `identity` counts it for someone else than the caller: the login views
-    also count each attempt against the account it names.
+    `identity` counts it for someone else than the caller's quota: the
+    sign-in views also count each attempt against the account it names.
     """
     if not current_app.config["RATE_LIMITS_ENABLED"]:
         return
     limits: PolicyLimits = current_app.extensions[EXTENSION_KEY]
-    state = limits.hit(policy, identity or client_identity(), time.time())
+    state = limits.hit(policy, identity or quota_identity(), time.time())
     if state is None:
         return
+    environ = request.environ
     if state.exceeded:
         # The RateLimit headers describe the limit that refused the request.
-        setattr(g, STATE_KEY, state)
+        environ[STATE_KEY] = state
         events.report(events.rate_limited, policy=policy)
         raise TooManyRequests(
             f"Rate limit exceeded: {state.amount} per {state.window} seconds.",
             retry_after=state.reset,
         )
-    g.setdefault(STATE_KEY, state)
+    environ.setdefault(STATE_KEY, state)
 
 
-def default_limit() -> str:
-    """RATELIMIT_DEFAULT of the app at hand.
+def exempt(blueprint: Blueprint) -> Blueprint:
+    """Keep a blueprint's views out of rate limits (an orchestrator's probes)."""
+    setattr(blueprint, EXEMPT_ATTRIBUTE, True)
+    return blueprint
 
-    Read per request: Flask-Limiter keeps the first app's defaults otherwise,
-    and one process may build several apps (the test suite does).
+
+def is_exempt() -> bool:
+    """The request is for a view of an exempt blueprint (or one nested in it)."""
+    blueprints = current_app.blueprints
+    return any(
+        getattr(blueprints.get(name), EXEMPT_ATTRIBUTE, False)
+        for name in request.blueprints
+    )
+
+
+def policy_of_request() -> str:
+    """The policy a request counts against: its view's, else the default.
+
+    An OPTIONS request that Flask answers itself runs no view, and a path
+    no route serves has none: both count against the default limit.
     """
-    limit: str = current_app.config["RATELIMIT_DEFAULT"]
-    return limit
+    rule = request.url_rule
+    if request.method == "OPTIONS" and getattr(
+        rule, "provide_automatic_options", False
+    ):
+        return DEFAULT_POLICY
+    policy: str = getattr(routed_view(), POLICY_ATTRIBUTE, DEFAULT_POLICY)
+    return policy
 
 
-def limits_disabled() -> bool:
-    """Flask-Limiter's request filter: limits are off (the test suite's default)."""
-    return not current_app.config["RATE_LIMITS_ENABLED"]
-
-
-def has_own_limit() -> bool:
-    """The view counts against its own policy (protected), or there is no view."""
-    view = routed_view()
-    return view is None or hasattr(view, POLICY_ATTRIBUTE)
-
-
-# What protected() marks its views with: the name of their policy.
-POLICY_ATTRIBUTE = "resilience_policy"
-
-
-def default_limit_breached(_limit: RequestLimit) -> None:
-    """Flask-Limiter refused a request (default limit or its own decorators)."""
-    events.report(events.rate_limited, policy="default")
-
-
-limiter = Limiter(
-    key_func=client_identity,
-    default_limits=[default_limit],
-    on_breach=default_limit_breached,
-    # A Redis outage must not fail requests: count in memory meanwhile.
-    in_memory_fallback_enabled=True,
-    swallow_errors=True,
-    # The RateLimit headers are written by add_rate_limit_headers below.
-    headers_enabled=False,
-)
-limiter.request_filter(limits_disabled)
-
-
-def storage_settings(app: Flask, store: RedisStore | None) -> None:
-    """Point Flask-Limiter at the shared Redis pool, or at process memory."""
-    if store is None:
-        app.config["RATELIMIT_STORAGE_URI"] = "memory://"
-        app.config["RATELIMIT_STORAGE_OPTIONS"] = {}
-        return
-    app.config["RATELIMIT_STORAGE_URI"] = store.url
-    app.config["RATELIMIT_STORAGE_OPTIONS"] = {
-        "connection_pool": store.pool,
-        "key_prefix": store.key("limits"),
-    }
+def count_request() -> None:
+    """before_request: count every request but the exempt ones, once."""
+    if current_app.config["RATE_LIMITS_ENABLED"] and not is_exempt():
+        enforce(policy_of_request())
 
 
 def add_rate_limit_headers(response: Response) -> Response:
@@ -335,11 +356,9 @@ def add_rate_limit_headers(response: Response) -> Response:
     The names of the IETF httpapi RateLimit draft; Reset is the number of
     seconds until the current window ends.
     """
-    state: LimitState | None = g.get(STATE_KEY)
+    state: LimitState | None = request.environ.get(STATE_KEY)
     if state is None:
-        state = default_limit_state()
-        if state is None:
-            return response
+        return response
     headers = response.headers
     # add, not set: nothing else writes these, and set scans every header.
     headers.add("RateLimit-Limit", str(state.amount))
@@ -351,54 +370,28 @@ def add_rate_limit_headers(response: Response) -> Response:
     return response
 
 
-def default_limit_state() -> LimitState | None:
-    """Flask-Limiter's standing for a view under the default limit, if any."""
-    current: RequestLimit | None = limiter.current_limit
-    if current is None:
-        return None
-    window = current.limit.get_expiry()
-    return LimitState(
-        amount=current.limit.amount,
-        window=window,
-        remaining=current.remaining,
-        reset=max(1, min(window, math.ceil(current.reset_at - time.time()))),
-    )
+def listed(names: Collection[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    ordered = sorted(names)
+    if len(ordered) < 2:
+        return "".join(ordered)
+    return f"{', '.join(ordered[:-1])} and {ordered[-1]}"
 
 
-def step_aside(hook: Callable[..., Any]) -> Callable[..., Any]:
-    """`hook`, except for views with a limit of their own.
-
-    There it does nothing: a before_request or teardown hook returns None, an
-    after_request hook the response it was given.
-    """
-
-    @functools.wraps(hook)
-    def guarded(*args: Any) -> Any:
-        if has_own_limit():
-            return args[0] if args else None
-        return hook(*args)
-
-    return guarded
-
-
-def init_app(app: Flask, store: RedisStore | None, limits: dict[str, str]) -> None:
-    """Flask-Limiter for default limits; `limits` (by policy) for protected views.
-
-    Flask-Limiter's request hooks resolve its limits for every request, even
-    where none applies: before this, most of the stack's cost in the
-    benchmark. The hooks it installs step aside for protected views, which
-    count against their own policy; its decorators (``limiter.limit``) and the
-    default limit of every other view work as documented.
-    """
-    storage_settings(app, store)
-    hooks: tuple[list[Any], ...] = (
-        app.before_request_funcs.setdefault(None, []),
-        app.after_request_funcs.setdefault(None, []),
-        app.teardown_request_funcs.setdefault(None, []),
-    )
-    before = [len(registered) for registered in hooks]
-    limiter.init_app(app)
-    for registered, count in zip(hooks, before, strict=True):
-        registered[count:] = [step_aside(hook) for hook in registered[count:]]
-    app.extensions[EXTENSION_KEY] = PolicyLimits(limits, store)
+def init_app(
+    app: Flask,
+    store: RedisStore | None,
+    limits: Mapping[str, str],
+    fail_closed: Collection[str] = (),
+) -> None:
+    """Count every request against `limits` (by policy) or RATELIMIT_DEFAULT;
+    the policies in `fail_closed` answer 503 while Redis does not."""
+    everything = {**limits, DEFAULT_POLICY: app.config["RATELIMIT_DEFAULT"]}
+    app.extensions[EXTENSION_KEY] = PolicyLimits(everything, store, fail_closed)
+    app.before_request(count_request)
     app.after_request(add_rate_limit_headers)
+    if store is not None and fail_closed:
+        store.gate.meanwhile.append(
+            f"meanwhile the {listed(fail_closed)} rate limits answer 503 (the "
+            "others count in each process)"
+        )

@@ -1,8 +1,9 @@
 """`protected(name)`: a named resilience policy on a view, in one line.
 
-RESILIENCE_POLICIES in config.py defines each policy: a rate limit, a circuit
-breaker whose opening answers 503 at once, and idempotency keys for unsafe
-methods. Backpressure applies to every view already (backpressure.py).
+RESILIENCE_POLICIES in config.py defines each policy: a rate limit (and
+whether it fails closed while Redis is away), a circuit breaker whose opening
+answers 503 at once, and idempotency keys for unsafe methods. Backpressure
+applies to every view already (backpressure.py).
 
     @items_bp.post("")
     @protected("write")
@@ -24,7 +25,7 @@ from limits import parse_many
 from ..config import ConfigError
 from . import events, idempotency
 from .breakers import breakers_of
-from .limits import POLICY_ATTRIBUTE, enforce
+from .limits import DEFAULT_POLICY, POLICY_ATTRIBUTE
 
 EXTENSION_KEY = "resilience_policies"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -37,6 +38,10 @@ class Policy:
     """What protected(name) applies."""
 
     limit: str = ""
+    # With Redis: while it does not answer, refuse (503) rather than let each
+    # worker count on its own (for limits that stand between a guesser and a
+    # password: the limits of sign-in and sign-up).
+    fail_closed: bool = False
     breaker: str | None = None
     idempotency: bool = False
 
@@ -45,7 +50,12 @@ def load_policies(settings: Mapping[str, Mapping[str, Any]]) -> dict[str, Policy
     """Parse RESILIENCE_POLICIES, failing at start-up on a bad entry."""
     policies = {}
     for name, options in settings.items():
-        unknown = set(options) - {"limit", "breaker", "idempotency"}
+        if name == DEFAULT_POLICY:
+            raise ConfigError(
+                f"RESILIENCE_POLICIES[{name!r}]: the name is the policy of views "
+                "without one, whose limit is RATELIMIT_DEFAULT; choose another"
+            )
+        unknown = set(options) - {"limit", "fail_closed", "breaker", "idempotency"}
         if unknown:
             raise ConfigError(
                 f"RESILIENCE_POLICIES[{name!r}] has unknown settings {sorted(unknown)}"
@@ -71,14 +81,14 @@ def policy(name: str) -> Policy:
 def protected(name: str) -> Callable[[View[P]], View[P]]:
     """Apply policy `name`: its limit, then its breaker, then idempotency.
 
-    The limit is counted first, so replays and refusals count too; the view
-    is left out of the default limit (it has its own).
+    The limit is counted before the request reaches the view (limits.py counts
+    every request against its view's policy), so replays and refusals count
+    too; the view is left out of the default limit (it has its own).
     """
 
     def decorate(view: View[P]) -> View[P]:
         @functools.wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
-            enforce(name)
             chosen = policy(name)
             if chosen.breaker:
                 breakers_of().check(chosen.breaker)

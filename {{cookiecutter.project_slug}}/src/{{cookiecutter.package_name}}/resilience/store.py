@@ -4,7 +4,8 @@ One connection pool serves the limiter, the breakers, the idempotency keys and
 the cache. A `RedisGate` tracks whether Redis is answering: after a failure,
 callers skip Redis (and use their in-memory fallback) for a cool-down that
 doubles up to a minute, so a dead Redis costs one timeout now and then, not one
-per request; the outage is logged once when it starts and once when it ends.
+per request; the outage is logged once when it starts (saying what fails closed
+meanwhile) and once when it ends.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ class RedisGate:
         self._retry_at = 0.0
         self._cool_down = FIRST_COOL_DOWN
         self.down = False
+        # What else an outage means, for its warning: each part that refuses
+        # rather than fall back adds a note (the rate limits of sign-in).
+        self.meanwhile: list[str] = []
 
     def is_open(self) -> bool:
         """True unless Redis failed recently (its cool-down has not passed)."""
@@ -43,8 +47,9 @@ class RedisGate:
             if not self.down:
                 logger.warning(
                     "Redis is unreachable (%s): falling back to process memory "
-                    "until it answers again",
+                    "until it answers again%s",
                     type(error).__name__,
+                    "".join(f"; {note}" for note in self.meanwhile),
                 )
                 self._cool_down = FIRST_COOL_DOWN
             else:
