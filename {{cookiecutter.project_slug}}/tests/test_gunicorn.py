@@ -884,12 +884,21 @@ def test_gunicorns_access_log_can_be_turned_on_in_the_same_format(
         DATABASE_URL=production_database,
     )
     server.request("GET", "/api/v1/items?page=2", headers={"X-Request-ID": "acc-1"})
+    # A path of 4,000 characters: both lines of it say so, in 256 of them.
+    long_path = "/" + "a" * 3999
+    server.request("GET", long_path, headers={"X-Request-ID": "acc-2"})
     assert server.stop() == 0
     lines = [json.loads(line) for line in access_log.read_text().splitlines()]
     (access,) = [line for line in lines if line["request_id"] == "acc-1"]
     assert access["logger"] == "gunicorn.access"
     assert (access["path"], access["status"]) == ("/api/v1/items", "200")
     assert access["request_id"] == "acc-1"
+    cut = long_path[:256] + "...[cut: 4000 characters]"
+    (access,) = [line for line in lines if line["request_id"] == "acc-2"]
+    (request,) = [line for line in server.lines() if line.get("request_id") == "acc-2"]
+    assert access["path"] == request["path"] == cut
+    assert len(json.dumps(access)) < 1024
+    assert len(json.dumps(request)) < 1024
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

@@ -341,6 +341,63 @@ def test_a_question_in_gunicorns_own_messages_is_kept(
     assert line["event"].endswith("Perhaps out of memory?")
 
 
+LONG_PATH = "/" + "a" * 3999
+CUT_PATH = "/" + "a" * 255 + "...[cut: 4000 characters]"
+REFUSED_LINE = "Invalid request from ip=10.0.0.1: Invalid HTTP request line: "
+
+
+def test_a_long_path_is_cut_in_the_request_line(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert json_app.test_client().get(LONG_PATH).status_code == 404
+    written = capsys.readouterr().err
+    (line,) = [json.loads(text) for text in written.splitlines()]
+    assert line["path"] == CUT_PATH
+    assert len(written) < 1024
+
+
+def test_a_long_path_is_cut_where_an_error_quotes_it(
+    json_app: Flask, capsys: pytest.CaptureFixture[str]
+) -> None:
+    @json_app.get("/explode/<path:rest>")
+    def explode(rest: str) -> str:
+        raise RuntimeError(rest[:5])
+
+    assert json_app.test_client().get("/explode" + LONG_PATH).status_code == 500
+    error, request = logged(capsys)
+    assert error["event"].endswith("...[cut: 4008 characters]'")
+    assert len(error["event"]) < 350
+    assert len(request["path"]) < 300
+
+
+@pytest.mark.usefixtures("json_app")  # configures JSON lines
+@pytest.mark.parametrize(
+    ("message", "kept"),
+    [
+        (
+            f"{REFUSED_LINE}'GET {LONG_PATH}?key=k1 HTTP/1.1'",
+            f"{REFUSED_LINE}'GET /aaa",
+        ),
+        (
+            f"Error handling request GET {LONG_PATH}?key=k1",
+            "Error handling request GET /aaa",
+        ),
+    ],
+    ids=["refused", "failed"],
+)
+def test_a_long_path_is_cut_in_gunicorns_own_lines(
+    capsys: pytest.CaptureFixture[str], message: str, kept: str
+) -> None:
+    logging.getLogger("gunicorn.error").warning("%s", message)
+    (line,) = logged(capsys)
+    event = line["event"]
+    assert event.startswith(kept)
+    # The quoted part is cut to 256 characters, and says so.
+    assert re.search(r"a\.\.\.\[cut: 40\d\d characters\]$", event)
+    assert len(event) < 400
+    assert "k1" not in event
+
+
 def test_a_token_in_a_path_is_cut_out(
     json_app: Flask, capsys: pytest.CaptureFixture[str]
 ) -> None:

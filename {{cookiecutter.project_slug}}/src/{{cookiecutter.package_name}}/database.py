@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, event, exc
 from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.pool import ConnectionPoolEntry
 
-from .errors import handle_unexpected_error, problem_response
+from .errors import handle_unexpected_error, problem_response, shortened
 from .extensions import db
 
 EXTENSION_KEY = "database_outage"
@@ -308,7 +308,7 @@ def handle_database_error(error: exc.SQLAlchemyError) -> Response:
         current_app.logger.warning(
             "database unavailable on %s %r (%s)",
             request.method,
-            request.path,
+            shortened(request.path),
             type(error).__name__,
         )
     return problem_response(503, "The database is unavailable; try again shortly.")

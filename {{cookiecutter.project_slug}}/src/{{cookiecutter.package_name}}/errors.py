@@ -24,6 +24,17 @@ MAX_FIELD_ERRORS = 20
 MAX_FIELD_PATH_LENGTH = 100
 # Statuses a client may retry after waiting: their problems carry Retry-After.
 RETRYABLE_STATUSES = frozenset({429, 503})
+# A request path in a log line is cut to this many characters: a request line
+# may be 4 KB (Gunicorn's limit), every byte of it chosen by the client.
+LOGGED_PATH_LENGTH = 256
+
+
+def shortened(text: str, limit: int = LOGGED_PATH_LENGTH) -> str:
+    """`text` (a path) as a log line shows it: cut to `limit` characters,
+    saying so and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[cut: {len(text)} characters]"
 
 
 class FieldError(BaseModel):
@@ -152,7 +163,10 @@ def handle_unexpected_error(error: Exception) -> Response:
     """Log the traceback server-side; tell the client nothing about it."""
     # %r: a path may hold (decoded) newlines that would forge log lines.
     current_app.logger.error(
-        "Unhandled exception on %s %r", request.method, request.path, exc_info=error
+        "Unhandled exception on %s %r",
+        request.method,
+        shortened(request.path),
+        exc_info=error,
     )
     return problem_response(500, "The server could not complete the request.")
 

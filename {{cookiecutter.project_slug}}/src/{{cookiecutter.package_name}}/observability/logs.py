@@ -27,6 +27,7 @@ from gunicorn import glogging
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from ..config import CONFIGS, LOG_FORMATS, ProductionConfig, server_config_name
+from ..errors import shortened
 
 REDACTED = "[redacted]"
 # Field names that hold a credential, wherever they appear in a line.
@@ -39,9 +40,11 @@ SECRET_FIELD = re.compile(
 QUERY_STRING = re.compile(r"\?[^\s'\"]+")
 # Gunicorn's refusals ("Invalid request from ip=...: <error>: <data>") quote
 # what they could not parse. The request line, method and version are kept
-# (the query string cut); a header, a chunk or a PROXY line may carry a
-# credential or a cookie, and is left out.
+# (the query string removed, the rest cut as paths are); a header, a chunk or
+# a PROXY line may carry a credential or a cookie, and is left out.
 REFUSAL = "Invalid request from ip="
+# A request Gunicorn's worker failed on, outside the app: "<this> GET /path".
+FAILED_REQUEST = "Error handling request "
 QUOTES_KEPT = (
     "Invalid HTTP request line",
     "Invalid HTTP method",
@@ -124,13 +127,20 @@ def add_process_id(
 
 
 def without_refused_data(message: str) -> str:
-    """A Gunicorn error line without the query string or header it quotes."""
+    """A Gunicorn error line without the query string or header it quotes, and
+    with the request line or path it quotes cut (errors.shortened)."""
     if message.startswith(REFUSAL):
         source, _, error = message.partition(": ")
-        kind, quoted, _data = error.partition(": ")
+        kind, quoted, data = error.partition(": ")
         if quoted and not kind.startswith(QUOTES_KEPT):
             return f"{source}: {kind}: [removed]"
-    return QUERY_STRING.sub("?[query removed]", message)
+        if quoted:
+            data = QUERY_STRING.sub("?[query removed]", data)
+            return f"{source}: {kind}: {shortened(data)}"
+    message = QUERY_STRING.sub("?[query removed]", message)
+    if message.startswith(FAILED_REQUEST):
+        return FAILED_REQUEST + shortened(message.removeprefix(FAILED_REQUEST))
+    return message
 
 
 def gunicorn_access_fields(
@@ -153,7 +163,7 @@ def gunicorn_access_fields(
         event="access",
         remote=atoms["h"],
         method=atoms["m"],
-        path=atoms["U"],
+        path=shortened(atoms["U"]),
         status=atoms["s"],
         bytes=atoms["B"],
         duration_ms=round(int(atoms["D"]) / 1000, 3),

@@ -19,6 +19,7 @@ from flask import Flask, Response, current_app, g, request
 from sqlalchemy import inspect
 
 from ..auth import known_principal
+from ..errors import shortened
 from .logs import get_logger
 from .metrics import counting, current_route, method_of
 
@@ -76,8 +77,9 @@ def finish(response: Response) -> Response:
     log.log(
         level,
         "request",
-        # The path without its query string, which may carry a credential.
-        path=request.path,
+        # The path without its query string, which may carry a credential, and
+        # cut: a client chooses its length.
+        path=shortened(request.path),
         status=status,
         duration_ms=round(duration * 1000, 3),
         user_id=known_user_id(),
