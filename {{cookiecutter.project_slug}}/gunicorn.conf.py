@@ -44,6 +44,9 @@ from {{ cookiecutter.package_name }}.config import (  # noqa: E402 - after the v
 )
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE  # noqa: E402
 from {{ cookiecutter.package_name }}.observability import logs, metrics  # noqa: E402
+from {{ cookiecutter.package_name }}.resilience.queueing import (  # noqa: E402
+    QueueTimedWorker,
+)
 
 # The machine's CPUs. A container's CPU quota (docker --cpus, Kubernetes
 # resources.limits.cpu) does not change this count: set WEB_CONCURRENCY there.
@@ -83,7 +86,12 @@ bind = [f"0.0.0.0:{port}"]
 # PostgreSQL's default 100 connections for several replicas. reuse_port would
 # spread kept-alive connections evenly, but a recycled worker then resets the
 # connections queued on its own socket, so it stays off.
-worker_class = "gthread"
+#
+# The worker is gthread with a thread pool that notes how long each request
+# waited for a thread (resilience/queueing.py): backpressure sheds by that
+# wait. With another worker class (-k) the app sees no such wait and sheds
+# only when a request outwaits its budget for an in-flight slot.
+worker_class = QueueTimedWorker
 # A worker whose main loop is silent this long is killed and replaced. The
 # loop beats while request threads wait, so this catches a stuck process, not
 # a slow request: the app's own deadlines bound those (DATABASE_STATEMENT_TIMEOUT,

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import ipaddress
 import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }}.health import add_check
-from {{ cookiecutter.package_name }}.health.checks import HealthCheckError
+from {{ cookiecutter.package_name }}.health.checks import (
+    HealthCheckError,
+    Recent,
+    registry,
+)
 
 from conftest import AppFactory
 
@@ -193,6 +200,177 @@ def test_probes_answer_while_the_database_hangs(
             assert response.json["checks"][name]["error"] == "timed out after 0.5 s"
             # Reported at the deadline, not after the connect timeout.
             assert response.json["checks"][name]["duration_ms"] < 5000
+
+
+# --- One result a second, details to whom may read /metrics ----------------------
+
+
+@dataclass
+class Counted:
+    """A check that counts its runs, and waits for `release` while `slow`."""
+
+    runs: int = 0
+    slow: bool = False
+    release: threading.Event = field(default_factory=threading.Event)
+    entered: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self) -> None:
+        self.runs += 1
+        if self.slow:
+            self.entered.set()
+            self.release.wait(10)
+
+
+@dataclass
+class Clock:
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def cached_app(make_app: AppFactory, check: Counted) -> tuple[Flask, Clock]:
+    """An app whose readiness result lives a second, on a clock moved by hand."""
+    app = make_app(HEALTH_RESULT_SECONDS=1.0)
+    add_check(app, "counted", check)
+    clock = Clock()
+    registry(app).recent("ready", 1.0).clock = clock
+    return app, clock
+
+
+def test_probes_run_the_checks_at_most_once_a_second(make_app: AppFactory) -> None:
+    check = Counted()
+    app, clock = cached_app(make_app, check)
+    client = app.test_client()
+    for _ in range(20):
+        assert client.get("/health/ready").status_code == 200
+    assert check.runs == 1
+    clock.now += 0.9
+    client.get("/health/ready")
+    assert check.runs == 1
+    clock.now += 0.1
+    client.get("/health/ready")
+    assert check.runs == 2
+
+
+def test_probes_get_the_last_result_while_one_runs_the_checks(
+    make_app: AppFactory,
+) -> None:
+    check = Counted()
+    app, clock = cached_app(make_app, check)
+    client = app.test_client()
+    assert client.get("/health/ready").status_code == 200
+    check.slow = True
+    clock.now += 1.0
+    refreshing = threading.Thread(target=lambda: app.test_client().get("/health/ready"))
+    refreshing.start()
+    try:
+        assert check.entered.wait(10)
+        # One probe runs the checks; the others answer from the last result at
+        # once instead of holding a thread each on the checks too.
+        for _ in range(5):
+            assert client.get("/health/ready").status_code == 200
+        assert check.runs == 2
+    finally:
+        check.release.set()
+        refreshing.join(10)
+
+
+def test_the_first_result_is_waited_for() -> None:
+    recent: Recent[str] = Recent(1.0)
+    started = threading.Event()
+    release = threading.Event()
+    results: list[str] = []
+
+    def slow() -> str:
+        started.set()
+        release.wait(10)
+        return "first"
+
+    runner = threading.Thread(target=lambda: results.append(recent.get(slow)))
+    runner.start()
+    assert started.wait(10)
+    waiter = threading.Thread(target=lambda: results.append(recent.get(lambda: "x")))
+    waiter.start()
+    waiter.join(0.2)
+    assert waiter.is_alive(), "it has no result to fall back on: it waits"
+    release.set()
+    runner.join(10)
+    waiter.join(10)
+    # The second caller had no result to fall back on: it waited for the first.
+    assert results == ["first", "first"]
+
+
+def test_a_failed_computation_is_not_kept() -> None:
+    recent: Recent[str] = Recent(1.0)
+
+    def broken() -> str:
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        recent.get(broken)
+    assert recent.get(lambda: "second") == "second"
+
+
+def test_details_only_where_metrics_may_be_read(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    token = "t" * 40
+    app = make_app(METRICS_ALLOWED_NETWORKS=(), METRICS_TOKEN=token)
+    client = app.test_client()
+    # The status code and the overall result are public; the checks are not.
+    assert client.get("/health/ready").json == {"status": "pass", "checks": None}
+    assert client.get("/health/dependencies").json == {
+        "status": "pass",
+        "dependencies": None,
+    }
+    startup = client.get("/health/startup")
+    assert (startup.status_code, startup.json) == (
+        503,
+        {"status": "fail", "checks": None},
+    )
+    bearer = {"Authorization": f"Bearer {token}"}
+    shown = client.get("/health/ready", headers=bearer).json
+    assert shown is not None
+    assert shown["checks"]["database"]["status"] == "pass"
+    dependencies = client.get("/health/dependencies", headers=bearer).json
+    assert dependencies is not None
+    assert dependencies["dependencies"]["pricing"]["state"] == "closed"
+    assert client.get("/health/ready", headers={"Authorization": "Bearer x"}).json == {
+        "status": "pass",
+        "checks": None,
+    }
+    # From an allowed network, without the token.
+    trusted = make_app(METRICS_ALLOWED_NETWORKS=(ipaddress.ip_network("10.0.0.0/8"),))
+    answer = trusted.test_client().get(
+        "/health/ready", environ_base={"REMOTE_ADDR": "10.1.2.3"}
+    )
+    assert answer.json is not None
+    assert set(answer.json["checks"]) == {"database"}
+    down = make_app(
+        SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path),
+        METRICS_ALLOWED_NETWORKS=(),
+    )
+    refused = down.test_client().get("/health/ready")
+    assert refused.status_code == 503
+    assert refused.json == {"status": "fail", "checks": None}
+
+
+def test_redis_failing_warns_and_leaves_the_process_ready(
+    make_app: AppFactory,
+) -> None:
+    # Nothing listens on port 9: Redis is down. The limits and the cache fall
+    # back to process memory and the service serves, so it stays in rotation.
+    app = make_app(REDIS_URL="redis://127.0.0.1:9/0", REDIS_TIMEOUT=0.2)
+    response = app.test_client().get("/health/ready")
+    assert response.status_code == 200
+    assert response.json is not None
+    assert response.json["status"] == "pass"
+    assert response.json["checks"]["redis"]["status"] == "warn"
+    # And a metric says which check did not pass.
+    metrics = app.test_client().get("/metrics").get_data(as_text=True)
+    assert 'health_check_passing{check="redis"} 0.0' in metrics
+    assert 'health_check_passing{check="database"} 1.0' in metrics
 
 
 def unreachable_sqlite(tmp_path: Path) -> str:

@@ -525,7 +525,8 @@ def test_an_open_breaker_answers_at_once_without_the_upstream(
 
     report = client.get("/health/dependencies").json
     assert report == {
-        "dependencies": {"pricing": {"state": "open", "failures": 2, "retry_after": 1}}
+        "status": "warn",
+        "dependencies": {"pricing": {"state": "open", "failures": 2, "retry_after": 1}},
     }
 
 

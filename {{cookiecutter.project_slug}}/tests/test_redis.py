@@ -276,10 +276,11 @@ def test_redis_down_at_boot_does_not_stop_the_app(
         db.session.add(Item(name="Priced"))
         db.session.commit()
     assert client.get(f"{ITEMS}/2/price").status_code == 200
+    # Degraded, not unready: the service serves without Redis (above).
     ready = client.get("/health/ready")
-    assert ready.status_code == 503
+    assert ready.status_code == 200
     assert ready.json is not None
-    assert ready.json["checks"]["redis"]["status"] == "fail"
+    assert ready.json["checks"]["redis"]["status"] == "warn"
     assert client.get("/health/live").status_code == 200
 
 

@@ -1,4 +1,5 @@
-"""Rate limits, circuit breakers, backpressure, idempotency keys and the cache.
+"""Rate limits, circuit breakers, idempotency keys and the cache (backpressure:
+test_backpressure.py).
 
 The embedded tier: every state store in process memory. tests/test_redis.py
 runs the same features against a real Redis and several Gunicorn workers.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,11 +20,7 @@ from {{ cookiecutter.package_name }}.auth import users
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item, User
-from {{ cookiecutter.package_name }}.resilience import (
-    backpressure,
-    exempt,
-    protected,
-)
+from {{ cookiecutter.package_name }}.resilience import exempt, protected
 
 from conftest import AppFactory, add_account, problem, signed_in
 
@@ -282,101 +278,11 @@ def test_bad_breaker_settings_are_refused_at_start(make_app: AppFactory) -> None
 
 def test_dependencies_report_closed_breakers(client: FlaskClient) -> None:
     assert client.get("/health/dependencies").json == {
+        "status": "pass",
         "dependencies": {
             "pricing": {"state": "closed", "failures": 0, "retry_after": None}
-        }
+        },
     }
-
-
-# --- Backpressure --------------------------------------------------------------
-
-
-@pytest.fixture
-def slow_app(make_app: AppFactory) -> Iterator[tuple[Flask, threading.Event]]:
-    """An app serving one request at a time, with a view that waits to be released."""
-    app = make_app(MAX_IN_FLIGHT=1)
-    release = threading.Event()
-    entered = threading.Event()
-
-    @app.get("/slow")
-    def slow() -> str:
-        entered.set()
-        release.wait(10)
-        return "done"
-
-    @app.get("/boom")
-    def boom() -> str:
-        raise InternalServerError
-
-    app.config["entered"] = entered
-    yield app, release
-    release.set()
-
-
-def test_load_beyond_the_bound_is_shed_at_once(
-    slow_app: tuple[Flask, threading.Event],
-) -> None:
-    app, release = slow_app
-    client = app.test_client()
-    waiting = threading.Thread(target=lambda: app.test_client().get("/slow"))
-    waiting.start()
-    assert app.config["entered"].wait(5)
-    shed = client.get(ITEMS)
-    body = problem(shed, 503)
-    assert body["detail"] == "The server is at capacity; try again in a moment."
-    assert shed.headers["Retry-After"] == "1"
-    # Liveness and the breaker report take no slot: they still answer.
-    assert client.get("/health/live").status_code == 200
-    assert client.get("/health/dependencies").status_code == 200
-    assert app.extensions[backpressure.EXTENSION_KEY].shed == 1
-    release.set()
-    waiting.join(5)
-    assert client.get("/slow").status_code == 200
-
-
-def test_readiness_at_the_bound_says_the_worker_is_at_capacity(
-    slow_app: tuple[Flask, threading.Event],
-) -> None:
-    # Readiness checks may wait on backends, so they take a slot: a flood of
-    # probes cannot hold every thread, and a full worker reports not ready.
-    app, release = slow_app
-    waiting = threading.Thread(target=lambda: app.test_client().get("/slow"))
-    waiting.start()
-    assert app.config["entered"].wait(5)
-    for path in ("/health/ready", "/health/startup"):
-        shed = app.test_client().get(path)
-        assert (shed.status_code, shed.mimetype) == (503, "application/json")
-        assert shed.headers["Retry-After"] == "1"
-        report = shed.json
-        assert report is not None
-        assert report["status"] == "fail"
-        assert report["checks"]["capacity"]["error"] == (
-            "the worker is at its in-flight bound (MAX_IN_FLIGHT)"
-        )
-    release.set()
-    waiting.join(5)
-    assert app.test_client().get("/health/ready").status_code == 200
-
-
-def test_the_in_flight_counter_is_bounded_both_ways() -> None:
-    in_flight = backpressure.InFlight(2)
-    assert [in_flight.try_enter() for _ in range(3)] == [True, True, False]
-    assert (in_flight.active, in_flight.shed) == (2, 1)
-    in_flight.leave()
-    in_flight.leave()
-    with pytest.raises(RuntimeError, match="left more slots than were taken"):
-        in_flight.leave()
-
-
-def test_a_failed_request_gives_its_slot_back(
-    slow_app: tuple[Flask, threading.Event],
-) -> None:
-    app, _ = slow_app
-    client = app.test_client()
-    for _ in range(3):
-        problem(client.get("/boom"), 500)
-    assert client.get("/health/ready").status_code in {200, 503}
-    assert client.get("/api/openapi.json").status_code == 200
 
 
 # --- Idempotency keys ----------------------------------------------------------
@@ -481,6 +387,31 @@ def test_keys_expire(make_app: AppFactory) -> None:
     assert "Idempotent-Replayed" not in second.headers
 
 
+def test_a_retry_whose_key_has_no_record_runs_and_is_logged(
+    app: Flask, client: FlaskClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = {"Idempotency-Key": "order-0042"}
+    assert client.post(ITEMS, json={"name": "A"}, headers=first).status_code == 201
+    retry = {**first, "Idempotency-Retry": "true"}
+    with caplog.at_level("WARNING"):
+        replayed = client.post(ITEMS, json={"name": "A"}, headers=retry)
+        assert replayed.headers["Idempotent-Replayed"] == "true"
+        unmarked = {"Idempotency-Key": "order-0043"}
+        created = client.post(ITEMS, json={"name": "B"}, headers=unmarked)
+        assert created.status_code == 201
+        assert "has no record" not in caplog.text
+        # A retry of a request whose record expired or was lost (a Redis flush):
+        # it runs again, and the log says so.
+        marked = {"Idempotency-Key": "order-0044", "Idempotency-Retry": "true"}
+        created = client.post(ITEMS, json={"name": "C"}, headers=marked)
+        assert created.status_code == 201
+    warnings = [r for r in caplog.records if "has no record" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].levelname == "WARNING"
+    assert "POST /api/v1/items" in warnings[0].getMessage()
+    assert count_items(app) == 3
+
+
 @pytest.mark.parametrize("method", ["POST", "PATCH", "DELETE"])
 @pytest.mark.parametrize("key", ["", "x" * 256, "caf\u00e9"])
 def test_malformed_keys_are_422s_naming_the_header(
@@ -533,31 +464,6 @@ def test_the_items_list_is_cached_and_forgotten_on_writes(
     # Any write through the API forgets every cached page.
     assert client.post(ITEMS, json={"name": "Third"}).status_code == 201
     assert client.get(ITEMS).json["total"] == 3  # type: ignore[index]
-
-def test_a_retry_whose_key_has_no_record_runs_and_is_logged(
-    app: Flask, client: FlaskClient, caplog: pytest.LogCaptureFixture
-) -> None:
-    first = {"Idempotency-Key": "order-0042"}
-    assert client.post(ITEMS, json={"name": "A"}, headers=first).status_code == 201
-    retry = {**first, "Idempotency-Retry": "true"}
-    with caplog.at_level("WARNING"):
-        replayed = client.post(ITEMS, json={"name": "A"}, headers=retry)
-        assert replayed.headers["Idempotent-Replayed"] == "true"
-        unmarked = {"Idempotency-Key": "order-0043"}
-        created = client.post(ITEMS, json={"name": "B"}, headers=unmarked)
-        assert created.status_code == 201
-        assert "has no record" not in caplog.text
-        # A retry of a request whose record expired or was lost (a Redis flush):
-        # it runs again, and the log says so.
-        marked = {"Idempotency-Key": "order-0044", "Idempotency-Retry": "true"}
-        created = client.post(ITEMS, json={"name": "C"}, headers=marked)
-        assert created.status_code == 201
-    warnings = [r for r in caplog.records if "has no record" in r.getMessage()]
-    assert len(warnings) == 1
-    assert warnings[0].levelname == "WARNING"
-    assert "POST /api/v1/items" in warnings[0].getMessage()
-    assert count_items(app) == 3
-
 
 
 def test_exempt_keeps_a_blueprint_out_of_limits_and_shedding(

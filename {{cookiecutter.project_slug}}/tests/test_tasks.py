@@ -1016,9 +1016,12 @@ def test_a_pool_process_that_exits_leaves_its_counters(
 def test_readiness_reports_an_unreachable_broker(make_app: AppFactory) -> None:
     app = make_app(tables=True, CELERY_BROKER_URL="redis://127.0.0.1:9/0")
     response = app.test_client().get("/health/ready")
-    assert response.status_code == 503
+    # A warning, not a 503: a sign-up succeeds without its welcome e-mail, so
+    # a broker blip must not take every replica out of rotation.
+    assert response.status_code == 200
     assert response.json is not None
-    assert response.json["checks"]["broker"]["status"] == "fail"
+    assert response.json["status"] == "pass"
+    assert response.json["checks"]["broker"]["status"] == "warn"
     # No worker answers either; that alone would not fail the probe.
     workers = response.json["checks"]["workers"]
     assert workers["status"] == "warn"

@@ -71,7 +71,12 @@ def create_app(config_name: str | None = None, **overrides: Any) -> Flask:
     add_check(app, "database", check_database, startup=True)
     add_check(app, "migrations", check_migrations, startup=True)
     if app.config["REDIS_URL"]:
-        add_check(app, "redis", check_redis)
+        # Not critical: without Redis the limits and the cache fall back to
+        # process memory, and most requests are still served (health/checks.py).
+        add_check(app, "redis", check_redis, critical=False)
+    # Last: a request takes its in-flight slot after every other hook has let it
+    # through (its body has arrived, its rate limit allows it).
+    resilience.shed_load(app)
     return app
 
 

@@ -5,6 +5,8 @@
 - A body shorter than its Content-Length, or with broken chunked framing, is a
   400: servers that decode the stream themselves (Gunicorn) would otherwise
   hand over what arrived before the client stopped.
+- The whole body is read before the request takes an in-flight slot
+  (resilience/backpressure.py), so a slow upload holds none.
 - Compressed bodies are refused (415): nothing here decompresses them.
 - JSON objects may not repeat a member (``{"a": 1, "a": 2}`` is refused, not
   "last one wins") nor have more than MAX_JSON_OBJECT_MEMBERS members;
@@ -106,9 +108,12 @@ def read_whole_body() -> None:
     """Check the body's size, framing and coding before any view runs.
 
     A body over MAX_CONTENT_LENGTH is a 413, whether or not a view would read
-    it. When the server decodes the stream itself (``wsgi.input_terminated``:
-    Gunicorn, Werkzeug's chunked support), the body is read here, up to one
-    byte past the limit, checked, and handed on whole.
+    it. The body is read here, whole, before the request takes an in-flight
+    slot (backpressure's hook runs after this one), so that a client sending
+    it slowly holds no slot: up to its Content-Length, or, when the server
+    decodes the stream itself (``wsgi.input_terminated``: Gunicorn, Werkzeug's
+    chunked support), up to one byte past the limit; it is checked and handed
+    on whole.
     """
     environ = request.environ
     if (
@@ -126,16 +131,21 @@ def read_whole_body() -> None:
         raise RequestEntityTooLarge
     if not environ.get("wsgi.input_terminated"):
         # Werkzeug bounds such a stream by Content-Length itself, and reads a
-        # body without one as empty.
-        return
-    transfer = request.headers.get("Transfer-Encoding", "").strip().lower()
-    if transfer not in {"", "chunked"}:
-        raise exceptions.NotImplemented(
-            "Only the chunked transfer coding is supported."
-        )
-    if length is None and not transfer:
-        return  # no body
-    wanted = length if length is not None else (None if limit is None else limit + 1)
+        # body without one as empty; the body is read here all the same.
+        if not length:
+            return
+        wanted: int | None = length
+    else:
+        transfer = request.headers.get("Transfer-Encoding", "").strip().lower()
+        if transfer not in {"", "chunked"}:
+            raise exceptions.NotImplemented(
+                "Only the chunked transfer coding is supported."
+            )
+        if length is None and not transfer:
+            return  # no body
+        wanted = length
+        if wanted is None and limit is not None:
+            wanted = limit + 1
     try:
         body = environ["wsgi.input"].read(-1 if wanted is None else wanted)
     except Exception:  # noqa: BLE001 - each server reports broken framing its own way

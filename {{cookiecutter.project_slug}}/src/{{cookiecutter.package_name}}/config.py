@@ -684,8 +684,19 @@ class Config:
     RATE_LIMITS_ENABLED = True
     # How many proxies in front set X-Forwarded-For and -Proto: 0 trusts none.
     TRUSTED_PROXIES = 0
-    # Requests one worker process serves at once; more are shed with 503.
+    # --- Backpressure (resilience/backpressure.py; README "Backpressure") ---
+    # Requests one worker process runs at once (default: Gunicorn's threads - 1);
+    # more wait for a slot within their queueing budget, then get 503.
     MAX_IN_FLIGHT = 3
+    # Slots one client address may hold at once (None: MAX_IN_FLIGHT - 1).
+    MAX_IN_FLIGHT_PER_CLIENT: int | None = None
+    # Seconds a request may wait for a thread and a slot while the worker keeps
+    # up, and while it is overloaded (it had to shed a request: see
+    # backpressure.py).
+    REQUEST_QUEUE_TIMEOUT = 0.25
+    REQUEST_QUEUE_TARGET = 0.01
+    # Seconds /health/ready, /startup and /dependencies reuse a computed result.
+    HEALTH_RESULT_SECONDS = 1.0
     # Seconds an idempotency key and its stored answer are kept.
     IDEMPOTENCY_TTL = 24 * 60 * 60
     # Named policies for @protected(name): a rate limit (POLICY_LIMIT_<NAME>
@@ -1026,17 +1037,34 @@ class Config:
         self.TRUSTED_PROXIES = env_int(
             environ, "TRUSTED_PROXIES", self.TRUSTED_PROXIES, minimum=0, maximum=10
         )
-        # By default one thread of each Gunicorn worker stays free for probes.
-        threads = env_int(environ, "GUNICORN_THREADS", 4, maximum=64)
-        self.MAX_IN_FLIGHT = env_int(
-            environ, "MAX_IN_FLIGHT", max(1, threads - 1), maximum=10_000
-        )
+        self.backpressure_settings(environ)
         self.IDEMPOTENCY_TTL = env_int(
             environ, "IDEMPOTENCY_TTL", self.IDEMPOTENCY_TTL, maximum=30 * 24 * 3600
         )
         self.PRICING_URL = http_url(environ, "PRICING_URL")
         self.PRICING_TIMEOUT = env_seconds(
             environ, "PRICING_TIMEOUT", self.PRICING_TIMEOUT, maximum=60
+        )
+
+    def backpressure_settings(self, environ: Mapping[str, str]) -> None:
+        """MAX_IN_FLIGHT (and per client) and the two queueing budgets."""
+        # By default one thread of each Gunicorn worker stays free for probes.
+        threads = env_int(environ, "GUNICORN_THREADS", 4, maximum=64)
+        self.MAX_IN_FLIGHT = env_int(
+            environ, "MAX_IN_FLIGHT", max(1, threads - 1), maximum=10_000
+        )
+        if environ.get("MAX_IN_FLIGHT_PER_CLIENT", "").strip():
+            self.MAX_IN_FLIGHT_PER_CLIENT = env_int(
+                environ, "MAX_IN_FLIGHT_PER_CLIENT", 1, maximum=self.MAX_IN_FLIGHT
+            )
+        self.REQUEST_QUEUE_TIMEOUT = env_seconds(
+            environ, "REQUEST_QUEUE_TIMEOUT", self.REQUEST_QUEUE_TIMEOUT, maximum=60
+        )
+        self.REQUEST_QUEUE_TARGET = env_seconds(
+            environ,
+            "REQUEST_QUEUE_TARGET",
+            self.REQUEST_QUEUE_TARGET,
+            maximum=self.REQUEST_QUEUE_TIMEOUT,
         )
 
 {%- if cookiecutter.use_celery == "yes" %}
@@ -1171,6 +1199,9 @@ class TestingConfig(Config):
     SQLALCHEMY_DATABASE_URI = "sqlite://"
     RATE_LIMITS_ENABLED = False
     CACHE_TYPE = "NullCache"
+    # Every probe runs its checks: tests change what the checks see between
+    # probes; the tests of the probes' caching set it.
+    HEALTH_RESULT_SECONDS = 0.0
     CACHE_NO_NULL_WARNING = True
     # Never REDIS_URL: tests write to (and clear) the Redis they are given.
     redis_variable = "TEST_REDIS_URL"

@@ -6,21 +6,28 @@ run at the same time, each in its own thread with its own app context, and
 each must finish within HEALTH_CHECK_TIMEOUT: a probe answers in bounded time
 even when a backend accepts connections and never replies.
 
-A check registered with critical=False guards something the service can do
-without for a while: its failure is reported as "warn" and leaves the probe
-passing, so that it cannot take every web process out of rotation at once. A
-check may return a line saying what it saw when it passes.
+Readiness fails only on what stops this process from serving: register a
+check as critical only if the process can serve nothing without what it
+checks (its database). Anything the service can do without for a while
+(Redis: the limits and the cache fall back to process memory; the broker: a
+sign-up succeeds without its welcome e-mail; the Celery workers) is
+registered with critical=False: its failure is reported as "warn" (and in the
+health_check_passing metric) and leaves the probe passing. A backend that
+every replica shares would otherwise take them all out of rotation at once,
+turning a degradation into an outage. A check may return a line saying what
+it saw when it passes.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
@@ -34,6 +41,7 @@ from ..resilience import redis_store
 # Returns None, or a line saying what it saw (the report's detail).
 Check = Callable[[], str | None]
 EXTENSION_KEY = "health_checks"
+T = TypeVar("T")
 
 
 class HealthCheckError(Exception):
@@ -50,10 +58,58 @@ class RegisteredCheck:
 
 @dataclass
 class CheckRegistry:
-    """The checks behind /health/ready and /health/startup."""
+    """The checks behind /health/ready and /health/startup, and the results
+    last computed from them (see Recent)."""
 
     ready: dict[str, RegisteredCheck] = field(default_factory=dict)
     startup: dict[str, RegisteredCheck] = field(default_factory=dict)
+    results: dict[str, Recent[Any]] = field(default_factory=dict)
+
+    def recent(self, name: str, seconds: float) -> Recent[Any]:
+        """The cache of result `name`, made on first use."""
+        return self.results.setdefault(name, Recent(seconds))
+
+
+class Recent(Generic[T]):
+    """A result computed at most once per `seconds` in this process.
+
+    A caller that finds it older computes it again, and the callers that come
+    meanwhile get the previous one at once (only the callers that come before
+    the first result wait for it), so that any number of probes holds at most
+    one thread per result on the checks. ``clock`` is time.monotonic; tests set
+    one they move by hand.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.clock: Callable[[], float] = time.monotonic
+        self.value: T | None = None
+        self.computed_at = -math.inf
+        self.computing = False
+        self._done = threading.Condition()
+
+    def get(self, compute: Callable[[], T]) -> T:
+        """The result, computed by `compute` when it is `seconds` old."""
+        with self._done:
+            while True:
+                started = self.clock()
+                fresh = started - self.computed_at < self.seconds
+                if self.value is not None and (fresh or self.computing):
+                    return self.value
+                if not self.computing:
+                    break
+                self._done.wait()
+            self.computing = True
+        value: T | None = None
+        try:
+            value = compute()
+        finally:
+            with self._done:
+                self.computing = False
+                if value is not None:
+                    self.value, self.computed_at = value, started
+                self._done.notify_all()
+        return value
 
 
 def registry(app: Flask) -> CheckRegistry:
@@ -70,10 +126,17 @@ def add_check(
     startup: bool = False,
     critical: bool = True,
 ) -> None:
-    """Register a readiness check (or, with startup=True, a startup check);
-    with critical=False, its failure is a warning that leaves the probe passing."""
-    checks = registry(app).startup if startup else registry(app).ready
+    """Register a readiness check (or, with startup=True, a startup check).
+
+    critical=True (the default) only for what the process cannot serve
+    without: see the module's docstring. With critical=False, its failure is
+    a warning that leaves the probe passing.
+    """
+    found = registry(app)
+    checks = found.startup if startup else found.ready
     checks[name] = RegisteredCheck(check, critical)
+    # A new check counts from the next probe on.
+    found.results.clear()
 
 
 def check_database() -> None:

@@ -21,7 +21,7 @@ from . import logs, metrics, requests
 from .logs import configure_logging, get_logger
 from .metrics import counting, current_route, metrics_of
 from .requests import request_id
-from .views import metrics_bp
+from .views import may_read_metrics, metrics_bp
 
 
 def count_rate_limited(app: Flask, *, policy: str, **_extra: Any) -> None:
@@ -29,9 +29,10 @@ def count_rate_limited(app: Flask, *, policy: str, **_extra: Any) -> None:
         found.rate_limited.labels(policy).inc()
 
 
-def count_load_shed(app: Flask, **_extra: Any) -> None:
+def count_load_shed(app: Flask, *, route: str | None = None, **_extra: Any) -> None:
+    """A shed request; `route` when shed before Flask saw it (no request context)."""
     if found := counting(app):
-        found.load_shed.labels(current_route()).inc()
+        found.load_shed.labels(route or current_route()).inc()
 
 
 def count_replay(app: Flask, **_extra: Any) -> None:
@@ -77,8 +78,10 @@ def init_app(app: Flask) -> None:
 
 __all__ = [
     "configure_logging",
+    "counting",
     "get_logger",
     "init_app",
+    "may_read_metrics",
     "metrics_of",
     "request_id",
 ]

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from flask import Flask, request
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
@@ -77,7 +77,8 @@ class Metrics:
         )
         self.load_shed = Counter(
             "load_shed",
-            "Requests refused with 503 because the worker was at MAX_IN_FLIGHT.",
+            "Requests refused with 503 because they waited too long for a thread or "
+            'a slot (route "before-routing": shed before the app routed them).',
             ["route"],
             registry=registry,
         )
@@ -97,6 +98,14 @@ class Metrics:
             "cache_lookups",
             "Cache reads, by result (hit or miss).",
             ["result"],
+            registry=registry,
+        )
+        # Per process; /metrics shows the lowest of the live workers' values.
+        self.health_checks = Gauge(
+            "health_check_passing",
+            "1 if the readiness check passed when last run, 0 if it failed or warned.",
+            ["check"],
+            multiprocess_mode="livemin",
             registry=registry,
         )
 {%- if cookiecutter.use_celery == "yes" %}

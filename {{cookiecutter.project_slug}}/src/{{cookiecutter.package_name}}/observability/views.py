@@ -40,11 +40,16 @@ def from_allowed_network() -> bool:
     return any(address in network for network in networks)
 
 
+def may_read_metrics() -> bool:
+    """Whether the request may read /metrics (and the probes' details)."""
+    return from_allowed_network() or has_token()
+
+
 @metrics_bp.get("/metrics")
 @never_shed
 def metrics() -> Response:
     """Every worker's metrics in Prometheus' text format."""
-    if not (from_allowed_network() or has_token()):
+    if not may_read_metrics():
         raise Forbidden(
             "Metrics are served to METRICS_ALLOWED_NETWORKS, or with the "
             "bearer token METRICS_TOKEN."

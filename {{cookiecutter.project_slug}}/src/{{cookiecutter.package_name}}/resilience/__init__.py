@@ -17,7 +17,7 @@ from flask import Flask
 
 from ..extensions import cache
 from . import backpressure, breakers, idempotency, limits, protect, store
-from .backpressure import LoadShed, never_shed
+from .backpressure import LoadShed, never_shed, overloaded
 from .breakers import BreakerOpen, breakers_of
 from .idempotency import IdempotencyKeyHeader
 from .limits import client_address, enforce, exempt, identify_clients
@@ -29,7 +29,6 @@ def init_app(app: Flask) -> None:
     """Wire every part to the app, on Redis when REDIS_URL is set."""
     shared = store.init_app(app)
     policies = protect.load_policies(app.config["RESILIENCE_POLICIES"])
-    backpressure.init_app(app)
     limits.init_app(
         app,
         shared,
@@ -40,6 +39,12 @@ def init_app(app: Flask) -> None:
     idempotency.init_app(app, shared)
     protect.init_app(app, policies)
     cache.init_app(app)
+
+
+def shed_load(app: Flask) -> None:
+    """Backpressure: the factory's last step, so that a request takes its slot
+    after every other before_request hook has let it through."""
+    backpressure.init_app(app)
 
 
 __all__ = [
@@ -53,6 +58,8 @@ __all__ = [
     "identify_clients",
     "init_app",
     "never_shed",
+    "overloaded",
     "protected",
     "redis_store",
+    "shed_load",
 ]

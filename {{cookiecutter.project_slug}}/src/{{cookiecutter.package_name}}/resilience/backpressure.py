@@ -1,99 +1,348 @@
-"""Backpressure: at most MAX_IN_FLIGHT requests at once per worker process.
+"""Backpressure: shed the requests a worker cannot serve in time, not the ones
+that merely arrive together.
 
-Beyond the bound the app sheds load at once, with 503 and Retry-After, instead
-of queueing requests until clients time out. The default leaves one of
-Gunicorn's threads free, so that liveness and shed answers go out even while
-every admitted request waits on a stuck backend. Views marked ``never_shed``
-(liveness: it touches no backend) take no slot; everything else does, the
-readiness probe included, so that probes cannot hold every thread either.
+Each worker process runs at most MAX_IN_FLIGHT requests at once: one fewer
+than Gunicorn's threads by default, so that a thread stays free to answer
+probes and refusals while every admitted request waits on a stuck backend. A
+request that finds every slot taken waits for one. How long a request may
+wait, counting the time it queued for a thread before the app saw it
+(queueing.py), is its budget, and the budget depends on the worker's state:
+
+- Keeping up: REQUEST_QUEUE_TIMEOUT (250 ms). Bursts, and clients that send
+  their next request when the last is answered, queue briefly and are served.
+- Overloaded, from the moment a request outwaits that budget, for a second,
+  and for one more each second in which at least 1 in 20 requests was shed:
+  REQUEST_QUEUE_TARGET (10 ms). The queue stays short, so the requests
+  admitted are answered about as fast as on an idle worker and the excess
+  gets a 503 at once, instead of every client waiting until it times out.
+  Queueing delay, not concurrency, says when to shed (CoDel's idea); the two
+  budgets are those of the "adaptive LIFO and CoDel" servers, with a FIFO
+  queue.
+
+A request whose budget is spent before the app sees it gets a 503 made in
+advance (``EarlyShed``), far cheaper than a request through Flask, so that
+shedding the excess of twice the capacity leaves the worker to the admitted
+requests; shed requests are counted (``load_shed``), and each overload is
+logged once, when it starts. One client address holds at most
+MAX_IN_FLIGHT_PER_CLIENT slots (all but one by default), so that one client
+cannot take them all. A request takes its slot in the app's last
+before_request hook, once its body has arrived and its rate limit has let it
+through: a slow upload or a 429 holds no slot. Views marked ``never_shed``
+(the probes, /metrics) take no slot and are never shed.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import json
 import logging
+import math
 import threading
-from collections.abc import Callable
-from typing import TypeVar
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, TypeVar
 
-from flask import Flask, g
+from flask import Flask, request
 from werkzeug.exceptions import ServiceUnavailable
 
+from ..errors import PROBLEM_MEDIA_TYPE
 from . import events
+from .limits import client_address
+from .queueing import take_queue_wait
 from .views import routed_view
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
 EXTENSION_KEY = "backpressure"
-ADMITTED = "backpressure_admitted"
+# Where a request keeps what it waited before the app saw it, and its slot.
+QUEUE_WAIT_KEY = f"{__package__}.queue_wait"
+SLOT_KEY = f"{__package__}.slot"
 # What never_shed marks a view with.
 NEVER_SHED_ATTRIBUTE = "never_shed"
+# Seconds an overload lasts, and lasts again while the worker sheds at least
+# this share of the requests it decides on.
+OVERLOAD_HOLD = 1.0
+STAY_SHARE = 0.05
+RETRY_AFTER = 1
+AT_CAPACITY = "The server is at capacity; try again in a moment."
+# The route label of requests shed before routing (load_shed{route=...}).
+EARLY_ROUTE = "before-routing"
+# The problem document of an early shed, with %s for its request id.
+SHED_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": AT_CAPACITY,
+        "request_id": "%s",
+    }
+).encode()
 F = TypeVar("F", bound=Callable[..., object])
 logger = logging.getLogger(__name__)
 
 
 def never_shed(view: F) -> F:
-    """Serve `view` even at the bound, taking no slot: only for views that touch
-    no backend and answer at once (liveness)."""
+    """Serve `view` whatever the load, taking no slot: only for views that
+    answer at once (liveness, the cached probe results, /metrics)."""
     setattr(view, NEVER_SHED_ATTRIBUTE, True)
     return view
 
 
 class LoadShed(ServiceUnavailable):
-    """A 503 answered at once: the worker is at its in-flight bound."""
+    """A 503 answered at once: the worker cannot serve the request in time."""
 
     def __init__(self) -> None:
-        super().__init__(
-            "The server is at capacity; try again in a moment.", retry_after=1
+        super().__init__(AT_CAPACITY, retry_after=RETRY_AFTER)
+
+
+class Admission:
+    """One worker's slots, and whether it is overloaded.
+
+    Overload starts when a request is shed for outwaiting the budget of a
+    worker that keeps up, and lasts OVERLOAD_HOLD; at the end of each such
+    window it lasts one more while the worker shed at least STAY_SHARE of
+    the requests it decided on in that window. ``clock`` is time.monotonic;
+    tests set one they move by hand.
+    """
+
+    def __init__(
+        self, limit: int, per_client: int, timeout: float, target: float
+    ) -> None:
+        self.limit = limit
+        self.per_client = per_client
+        self.timeout = timeout
+        self.target = target
+        self.hold = OVERLOAD_HOLD
+        self.clock: Callable[[], float] = time.monotonic
+        self.active = 0
+        self.shed = 0
+        # Slots held, by client address.
+        self.holders: dict[str, int] = {}
+        self.overloaded_until = -math.inf
+        # The current window: when it ends, requests admitted and shed in it.
+        self.window_end = -math.inf
+        self.window_admitted = 0
+        self.window_shed = 0
+        self._changed = threading.Condition(threading.Lock())
+
+    def overloaded(self) -> bool:
+        """Whether the worker sheds what waits longer than `target`."""
+        now = self.clock()
+        if now < self.overloaded_until:
+            return True
+        # The window just ended and no decision has closed it yet: it carries
+        # the overload on if it shed enough (what _count will decide).
+        return self._carries_on(now)
+
+    def budget(self) -> float:
+        """Seconds a request may wait, in all, before it is shed."""
+        return self.target if self.overloaded() else self.timeout
+
+    def late(self, waited: float) -> bool:
+        """Whether a request that waited `waited` s before the app saw it has
+        outwaited its budget already (it is then counted as shed)."""
+        budget = self.budget()
+        if waited <= budget:
+            return False
+        with self._changed:
+            began = self._count(shed=True)
+        if began:
+            self._log_overload(budget)
+        return True
+
+    def enter(self, client: str, waited: float = 0.0) -> bool:
+        """Take a slot for `client`, waiting for one within what is left of the
+        budget after `waited`; False, and counted as shed, if none came."""
+        budget = self.budget()
+        with self._changed:
+            deadline = self.clock() + budget - waited
+            while not self._has_room(client):
+                left = deadline - self.clock()
+                # wait() says False once `left` has passed without a release.
+                if (left <= 0 or not self._changed.wait(left)) and not (
+                    self._has_room(client)
+                ):
+                    began = self._count(shed=True)
+                    break
+            else:
+                self.active += 1
+                self.holders[client] = self.holders.get(client, 0) + 1
+                self._count(shed=False)
+                return True
+        if began:
+            self._log_overload(budget)
+        return False
+
+    def leave(self, client: str) -> None:
+        """Give `client`'s slot back."""
+        with self._changed:
+            held = self.holders.get(client, 0)
+            if held <= 0:
+                raise RuntimeError("left more slots than were taken")
+            if held == 1:
+                del self.holders[client]
+            else:
+                self.holders[client] = held - 1
+            self.active -= 1
+            self._changed.notify_all()
+
+    def _has_room(self, client: str) -> bool:
+        held = self.holders.get(client, 0)
+        return self.active < self.limit and held < self.per_client
+
+    def _carries_on(self, now: float) -> bool:
+        """Whether an overloaded window that ended at most `hold` ago shed at
+        least STAY_SHARE of the requests decided in it."""
+        decided = self.window_admitted + self.window_shed
+        return (
+            self.overloaded_until >= self.window_end
+            and self.window_end <= now < self.window_end + self.hold
+            and self.window_shed > 0
+            and self.window_shed >= STAY_SHARE * decided
+        )
+
+    def _count(self, *, shed: bool) -> bool:
+        """Count a decision (the lock held); True if this shed starts an overload."""
+        now = self.clock()
+        if now >= self.window_end:
+            carried = self._carries_on(now)
+            # Windows follow each other, or start afresh after a quiet spell.
+            follows = now < self.window_end + self.hold
+            self.window_end = (self.window_end if follows else now) + self.hold
+            if carried:
+                self.overloaded_until = self.window_end
+            self.window_admitted = self.window_shed = 0
+        if not shed:
+            self.window_admitted += 1
+            return False
+        self.shed += 1
+        self.window_shed += 1
+        if now < self.overloaded_until:
+            return False
+        # The shed that starts it is not counted in its first window.
+        self.overloaded_until = self.window_end = now + self.hold
+        self.window_admitted = self.window_shed = 0
+        return True
+
+    def _log_overload(self, budget: float) -> None:
+        logger.warning(
+            "overloaded: a request waited over %.0f ms for a thread or a slot; "
+            "until fewer than 1 in %d requests are shed over %g s, requests that "
+            "wait over %.0f ms are shed",
+            budget * 1000,
+            round(1 / STAY_SHARE),
+            self.hold,
+            self.target * 1000,
         )
 
 
-class InFlight:
-    """A counter of admitted requests with a hard upper bound.
+def never_shed_paths(app: Flask) -> frozenset[str]:
+    """The paths of the never_shed views without variables: /health/*, /metrics."""
+    return frozenset(
+        rule.rule
+        for rule in app.url_map.iter_rules()
+        if not rule.arguments
+        and getattr(app.view_functions.get(rule.endpoint), NEVER_SHED_ATTRIBUTE, False)
+    )
 
-    A plain lock and counter: a semaphore (a condition variable, in Python)
-    costs several times more, and nothing here ever waits for a slot.
+
+class EarlyShed:
+    """WSGI middleware: a request that outwaited its budget before the app saw
+    it gets a 503 made in advance, without the cost of a request through Flask.
+
+    It looks at nothing but the path, so that shedding stays cheap: the never
+    shed views it lets through are those at fixed paths (all of the shipped
+    ones); one at a path with variables is shed here like any other view.
     """
 
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-        self.shed = 0
-        self._lock = threading.Lock()
+    def __init__(self, app: Flask, admission: Admission) -> None:
+        self.app = app
+        self.admission = admission
+        self.wrapped: WSGIApplication = app.wsgi_app
+        # Read at the first request: views may be added after init_app.
+        self.exempt: frozenset[str] | None = None
+        # Request ids: a random prefix of this app's (made in the worker
+        # process) and a count: unique, and cheaper than a uuid4 each.
+        self.id_prefix = uuid.uuid4().hex[:16]
+        self.numbers = itertools.count()
 
-    def try_enter(self) -> bool:
-        with self._lock:
-            if self.active < self.limit:
-                self.active += 1
-                return True
-            self.shed += 1
-            return False
+    def __call__(
+        self, environ: WSGIEnvironment, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        waited = environ.get(QUEUE_WAIT_KEY)
+        if waited is None:
+            waited = environ[QUEUE_WAIT_KEY] = take_queue_wait() or 0.0
+        if waited > self.admission.budget():
+            if self.exempt is None:
+                self.exempt = never_shed_paths(self.app)
+            if environ.get("PATH_INFO") not in self.exempt and self.admission.late(
+                waited
+            ):
+                events.load_shed.send(self.app, route=EARLY_ROUTE)
+                request_id = f"{self.id_prefix}{next(self.numbers):x}"
+                return shed_answer(start_response, request_id)
+        return self.wrapped(environ, start_response)
 
-    def leave(self) -> None:
-        with self._lock:
-            if self.active <= 0:
-                raise RuntimeError("left more slots than were taken")
-            self.active -= 1
+
+def shed_answer(start_response: StartResponse, request_id: str) -> list[bytes]:
+    """The 503 problem document (the app never saw the request's X-Request-ID)."""
+    body = SHED_BODY % request_id.encode()
+    start_response(
+        "503 SERVICE UNAVAILABLE",
+        [
+            ("Content-Type", PROBLEM_MEDIA_TYPE),
+            ("Content-Length", str(len(body))),
+            ("Retry-After", str(RETRY_AFTER)),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            ("X-Request-ID", request_id),
+        ],
+    )
+    return [body]
 
 
-def admit(in_flight: InFlight) -> None:
-    """before_request: take a slot, or shed the request."""
+def admit(admission: Admission) -> None:
+    """before_request, the app's last: take a slot, or shed the request."""
     if getattr(routed_view(), NEVER_SHED_ATTRIBUTE, False):
         return
-    if not in_flight.try_enter():
+    environ = request.environ
+    client = client_address()
+    if not admission.enter(client, environ.get(QUEUE_WAIT_KEY, 0.0)):
         events.report(events.load_shed)
         raise LoadShed
-    g.setdefault(ADMITTED, in_flight)
+    environ[SLOT_KEY] = (admission, client)
 
 
 def release(_error: BaseException | None) -> None:
     """teardown_request: give the slot back, however the request ended."""
-    in_flight: InFlight | None = g.pop(ADMITTED, None)
-    if in_flight is not None:
-        in_flight.leave()
+    held: tuple[Admission, str] | None = request.environ.pop(SLOT_KEY, None)
+    if held is not None:
+        admission, client = held
+        admission.leave(client)
 
 
-def init_app(app: Flask) -> InFlight:
-    """Bound the app's in-flight requests (views marked never_shed excepted)."""
-    in_flight = InFlight(app.config["MAX_IN_FLIGHT"])
-    app.extensions[EXTENSION_KEY] = in_flight
-    app.before_request(lambda: admit(in_flight))
+def overloaded(app: Flask) -> bool:
+    """Whether `app`'s worker is overloaded (sheds what waits over the target)."""
+    admission: Admission | None = app.extensions.get(EXTENSION_KEY)
+    return admission is not None and admission.overloaded()
+
+
+def init_app(app: Flask) -> Admission:
+    """Shed what the app cannot serve in time. Call it after every other part
+    that adds before_request hooks: a request takes its slot after all of them."""
+    config = app.config
+    limit = config["MAX_IN_FLIGHT"]
+    admission = Admission(
+        limit=limit,
+        per_client=config["MAX_IN_FLIGHT_PER_CLIENT"] or max(1, limit - 1),
+        timeout=config["REQUEST_QUEUE_TIMEOUT"],
+        target=config["REQUEST_QUEUE_TARGET"],
+    )
+    app.extensions[EXTENSION_KEY] = admission
+    app.before_request(functools.partial(admit, admission))
     app.teardown_request(release)
-    return in_flight
+    app.wsgi_app = EarlyShed(app, admission)  # type: ignore[method-assign]
+    return admission

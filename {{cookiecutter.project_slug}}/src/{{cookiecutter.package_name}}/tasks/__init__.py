@@ -198,7 +198,10 @@ def init_app(app: Flask) -> Celery:
     logs.add_processor(monitoring.celery_task_fields)
     user_registered.connect(welcome)
     if app.config["CELERY_BROKER_URL"]:
-        add_check(app, "broker", lambda: check_broker(app))
+        # Not critical: a sign-up still succeeds (its welcome e-mail is not
+        # queued, and that is logged), so a broker blip must not take every
+        # replica out of rotation (health/checks.py).
+        add_check(app, "broker", lambda: check_broker(app), critical=False)
         # Tasks wait in the broker while no worker runs: a warning, not a 503.
         pings = WorkerPings(celery_app, app.config["HEALTH_CHECK_TIMEOUT"] / 2)
         add_check(app, "workers", pings, critical=False)

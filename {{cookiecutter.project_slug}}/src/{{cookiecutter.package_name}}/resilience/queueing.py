@@ -1,0 +1,62 @@
+"""How long a request waited for a thread of Gunicorn's worker (backpressure.py).
+
+Gunicorn's gthread worker hands each readable connection to a thread pool,
+whose queue is where requests wait once every thread is busy: the app cannot
+see that wait, yet it is the one that grows without bound under overload.
+``QueueTimedWorker`` is that worker with a pool that notes, for each job, the
+time it waited for a thread; the request's thread reads it with
+``take_queue_wait``. The wait ends when a thread picks the connection up,
+before it reads the request: a client that is slow to send is not counted as
+queueing (the proxy in front buffers those, and the app reads the body before
+a request takes a slot).
+
+gunicorn.conf.py selects the worker. Under another server (``flask run``, the
+test client) there is no such wait to read, and ``take_queue_wait`` says None.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from gunicorn.workers.gthread import ThreadWorker
+
+_waits = threading.local()
+
+
+def take_queue_wait() -> float | None:
+    """Seconds this thread's current job waited in the pool; once, then None.
+
+    Once: an HTTP/2 connection serves several requests in one job, and only
+    the first of them waited in the queue.
+    """
+    waited: float | None = getattr(_waits, "seconds", None)
+    _waits.seconds = None
+    return waited
+
+
+def _run_timed(
+    queued_at: float, job: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
+    _waits.seconds = time.monotonic() - queued_at
+    return job(*args, **kwargs)
+
+
+class TimedThreadPool(ThreadPoolExecutor):
+    """A thread pool whose jobs know how long they waited for a thread."""
+
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Future[Any]:
+        return super().submit(_run_timed, time.monotonic(), fn, *args, **kwargs)
+
+
+class QueueTimedWorker(ThreadWorker):
+    """Gunicorn's gthread worker, with a pool that times each request's wait."""
+
+    def get_thread_pool(self) -> ThreadPoolExecutor:
+        # The override point gthread offers for its pool.
+        return TimedThreadPool(max_workers=self.cfg.threads)

@@ -1,0 +1,474 @@
+"""Backpressure: shedding by queueing delay, slots per client, what takes no slot.
+
+The rules are driven with a clock moved by hand (no timing decides a test);
+the app-level tests hold slots with views that wait for an event.
+tests/test_gunicorn.py shows Gunicorn's worker measuring the wait for a thread.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from flask import Flask, request
+from werkzeug.exceptions import InternalServerError
+
+from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
+from {{ cookiecutter.package_name }}.resilience import backpressure
+from {{ cookiecutter.package_name }}.resilience.backpressure import (
+    QUEUE_WAIT_KEY,
+    STAY_SHARE,
+    Admission,
+)
+from {{ cookiecutter.package_name }}.resilience.queueing import (
+    TimedThreadPool,
+    take_queue_wait,
+)
+
+from conftest import AppFactory, problem
+
+ITEMS = "/api/v1/items"
+TIMEOUT = 0.25
+TARGET = 0.01
+# Generous: a thread that must get a slot gets it as soon as one is released.
+JOIN = 10.0
+
+
+@dataclass
+class Clock:
+    """A monotonic clock moved by hand."""
+
+    now: float = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class Worker:
+    """An Admission on a hand-moved clock: 3 slots, 2 per client."""
+
+    clock: Clock = field(default_factory=Clock)
+    admission: Admission = field(
+        default_factory=lambda: Admission(
+            limit=3, per_client=2, timeout=TIMEOUT, target=TARGET
+        )
+    )
+
+    def __post_init__(self) -> None:
+        self.admission.clock = self.clock
+
+    def serve(self, waited: float, client: str = "ip:10.0.0.1") -> bool:
+        """One request that queued `waited` s for a thread: admitted (and done
+        at once) or shed, as a worker decides it."""
+        if self.admission.late(waited):
+            return False
+        if not self.admission.enter(client, waited):
+            return False
+        self.admission.leave(client)
+        return True
+
+    def traffic(self, seconds: float, per_second: int, waited: float) -> list[bool]:
+        """`per_second` requests a second for `seconds`, each having waited `waited`."""
+        outcomes = []
+        for _ in range(round(seconds * per_second)):
+            outcomes.append(self.serve(waited))
+            self.clock.now += 1 / per_second
+        return outcomes
+
+
+# --- The rules, on a clock moved by hand ----------------------------------------
+
+
+def test_no_request_is_shed_while_queueing_stays_under_the_timeout() -> None:
+    worker = Worker()
+    # Ten seconds of a busy worker: every request queued, none for too long.
+    assert all(worker.traffic(10, 400, waited=TIMEOUT * 0.9))
+    assert worker.admission.shed == 0
+    assert not worker.admission.overloaded()
+    assert worker.admission.budget() == TIMEOUT
+
+
+def test_shedding_starts_once_a_request_outwaits_the_timeout() -> None:
+    worker = Worker()
+    assert not worker.serve(TIMEOUT * 1.01)
+    assert worker.admission.shed == 1
+    # Overloaded now: a request may wait the target only, so the queue stays
+    # short and the requests admitted are answered at once.
+    assert worker.admission.overloaded()
+    assert worker.admission.budget() == TARGET
+    assert not worker.serve(TARGET * 2)
+    assert worker.serve(TARGET / 2)
+
+
+def test_the_overload_lasts_while_the_worker_keeps_shedding() -> None:
+    worker = Worker()
+    worker.serve(TIMEOUT * 2)
+    # Twice what the worker serves in time: half of the requests outwait the
+    # target, second after second; the worker stays overloaded throughout.
+    for _ in range(5):
+        for _ in range(50):
+            worker.serve(TARGET * 3)
+            worker.serve(TARGET / 2)
+            worker.clock.now += 0.01
+        assert worker.admission.overloaded()
+    assert worker.admission.shed == 1 + 250
+    # Once the sheds stop, the overload ends: after the second in which they
+    # stopped (it shed enough still), and the next, which shed none.
+    worker.traffic(2.1, 100, waited=0.0)
+    assert not worker.admission.overloaded()
+
+
+def test_the_overload_ends_once_sheds_fall_below_the_share() -> None:
+    worker = Worker()
+    worker.serve(TIMEOUT * 2)
+    # A second in which fewer than 1 in 20 requests is shed...
+    shed_every = round(1 / STAY_SHARE) + 5
+    for number in range(200):
+        worker.serve(TARGET * 3 if number % shed_every == 0 else 0.0)
+        worker.clock.now += 0.005
+    assert worker.admission.shed < STAY_SHARE * 200
+    worker.clock.now += 0.01
+    worker.serve(0.0)  # the first decision of the next second
+    # ...ends it: requests may queue up to the timeout again.
+    assert not worker.admission.overloaded()
+    assert worker.serve(TIMEOUT * 0.9)
+
+
+def test_an_idle_worker_is_not_overloaded() -> None:
+    worker = Worker()
+    worker.serve(TIMEOUT * 2)
+    worker.clock.now += worker.admission.hold * 1.01
+    assert not worker.admission.overloaded()
+
+
+def test_one_client_holds_all_slots_but_one() -> None:
+    worker = Worker()
+    admission = worker.admission
+    assert admission.enter("ip:10.0.0.1")
+    assert admission.enter("ip:10.0.0.1")
+    # Its third request finds no slot it may take: shed at the end of its
+    # budget (spent already, on this clock), while another client gets one.
+    assert not admission.enter("ip:10.0.0.1", waited=TIMEOUT)
+    assert admission.enter("ip:10.0.0.2", waited=TIMEOUT * 0.5)
+    assert admission.holders == {"ip:10.0.0.1": 2, "ip:10.0.0.2": 1}
+    # The slots are all taken: a third client is shed too.
+    assert not admission.enter("ip:10.0.0.3", waited=TIMEOUT)
+    for client in ("ip:10.0.0.1", "ip:10.0.0.1", "ip:10.0.0.2"):
+        admission.leave(client)
+    assert (admission.active, admission.holders) == (0, {})
+    with pytest.raises(RuntimeError, match="left more slots than were taken"):
+        admission.leave("ip:10.0.0.1")
+
+
+def test_a_request_waits_for_a_slot_within_its_budget() -> None:
+    admission = Admission(limit=1, per_client=1, timeout=JOIN, target=TARGET)
+    assert admission.enter("ip:10.0.0.1")
+    admitted: list[bool] = []
+    waiting = threading.Thread(
+        target=lambda: admitted.append(admission.enter("ip:10.0.0.2"))
+    )
+    waiting.start()
+    admission.leave("ip:10.0.0.1")
+    waiting.join(JOIN)
+    assert admitted == [True]
+    assert admission.shed == 0
+
+
+def test_a_request_that_gets_no_slot_within_its_budget_is_shed() -> None:
+    # A real, short budget: the slot is never given back.
+    admission = Admission(limit=1, per_client=1, timeout=0.05, target=0.01)
+    assert admission.enter("ip:10.0.0.1")
+    assert not admission.enter("ip:10.0.0.2")
+    assert admission.shed == 1
+    assert admission.overloaded()
+
+
+def test_the_pool_tells_each_job_how_long_it_queued() -> None:
+    release = threading.Event()
+    with TimedThreadPool(max_workers=1) as pool:
+        blocker = pool.submit(release.wait, JOIN)
+        queued = pool.submit(take_queue_wait)
+        # The second job waits for the only thread until the first ends.
+        release.set()
+        assert blocker.result(JOIN)
+        waited = queued.result(JOIN)
+        assert waited is not None
+        assert waited >= 0
+        # Once: the next job of the same thread reads its own wait.
+        assert (
+            pool.submit(lambda: (take_queue_wait(), take_queue_wait())).result(JOIN)[1]
+            is None
+        )
+    assert take_queue_wait() is None  # this thread is not the pool's
+
+
+# --- In the app ----------------------------------------------------------------
+
+
+@dataclass
+class SlowApp:
+    """An app with one slot, and a view that holds it until released."""
+
+    app: Flask
+    entered: threading.Event
+    release: threading.Event
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def hold_the_slot(self, client: str = "10.0.0.9") -> None:
+        holder = threading.Thread(
+            target=lambda: self.app.test_client().get(
+                "/slow", environ_base={"REMOTE_ADDR": client}
+            )
+        )
+        holder.start()
+        self.threads.append(holder)
+        assert self.entered.wait(JOIN)
+
+    def finish(self) -> None:
+        self.release.set()
+        for thread in self.threads:
+            thread.join(JOIN)
+
+
+@pytest.fixture
+def slow_app(make_app: AppFactory) -> Iterator[SlowApp]:
+    app = make_app(
+        MAX_IN_FLIGHT=1,
+        MAX_IN_FLIGHT_PER_CLIENT=1,
+        REQUEST_QUEUE_TIMEOUT=TIMEOUT,
+        REQUEST_QUEUE_TARGET=TARGET,
+        tables=True,
+    )
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(JOIN)
+        return "done"
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise InternalServerError
+
+    @app.post("/upload")
+    def upload() -> str:
+        return f"{len(request.get_data())} bytes"
+
+    found = SlowApp(app, entered, release)
+    yield found
+    found.finish()
+
+
+def test_a_request_beyond_the_slots_is_shed_after_its_budget(
+    slow_app: SlowApp,
+) -> None:
+    slow_app.hold_the_slot()
+    shed = slow_app.app.test_client().get(ITEMS)
+    body = problem(shed, 503)
+    assert body["detail"] == "The server is at capacity; try again in a moment."
+    assert shed.headers["Retry-After"] == "1"
+    assert slow_app.app.extensions[backpressure.EXTENSION_KEY].shed == 1
+    slow_app.finish()
+    assert slow_app.app.test_client().get("/slow").status_code == 200
+
+
+def test_a_request_that_finds_every_slot_taken_waits_for_one(
+    slow_app: SlowApp,
+) -> None:
+    slow_app.hold_the_slot()
+    answers: list[int] = []
+    waiting = threading.Thread(
+        target=lambda: answers.append(slow_app.app.test_client().get(ITEMS).status_code)
+    )
+    waiting.start()
+    slow_app.threads.append(waiting)
+    # Not shed at once: the slot is given back well within the timeout.
+    waiting.join(TIMEOUT / 5)
+    slow_app.release.set()
+    waiting.join(JOIN)
+    assert answers == [200]
+    assert slow_app.app.extensions[backpressure.EXTENSION_KEY].shed == 0
+
+
+def test_a_request_that_waited_too_long_is_shed_before_the_app_sees_it(
+    slow_app: SlowApp,
+) -> None:
+    client = slow_app.app.test_client()
+    shed = client.get(ITEMS, environ_overrides={QUEUE_WAIT_KEY: TIMEOUT * 2})
+    body = problem(shed, 503)
+    assert body == {
+        "type": "about:blank",
+        "title": "Service Unavailable",
+        "status": 503,
+        "detail": "The server is at capacity; try again in a moment.",
+    }
+    assert shed.headers["Retry-After"] == "1"
+    assert shed.headers["Cache-Control"] == "no-store"
+    # Overloaded now: a shorter wait is enough to be shed.
+    overloaded = {QUEUE_WAIT_KEY: TARGET * 2}
+    assert client.get(ITEMS, environ_overrides=overloaded).status_code == 503
+    assert client.get(ITEMS, environ_overrides={QUEUE_WAIT_KEY: 0.0}).status_code == 200
+    # The probes and /metrics are never shed, however long they waited (the
+    # readiness probe says the worker is overloaded, in its own report).
+    for path in (
+        "/health/live",
+        "/health/ready",
+        "/health/startup",
+        "/health/dependencies",
+        "/metrics",
+    ):
+        answer = client.get(path, environ_overrides={QUEUE_WAIT_KEY: 60.0})
+        assert answer.mimetype != PROBLEM_MEDIA_TYPE, path
+    assert client.get("/health/live").status_code == 200
+
+
+def test_probes_take_no_slot(slow_app: SlowApp) -> None:
+    slow_app.hold_the_slot()
+    client = slow_app.app.test_client()
+    assert client.get("/health/live").status_code == 200
+    assert client.get("/health/dependencies").status_code == 200
+    # Readiness answers at once too: the database answers, the worker has shed
+    # nothing (the slot is merely taken).
+    assert client.get("/health/ready").status_code == 200
+    assert slow_app.app.extensions[backpressure.EXTENSION_KEY].shed == 0
+
+
+def test_a_slow_body_holds_no_slot(slow_app: SlowApp) -> None:
+    # The only slot is free while a client is still sending its body: the body
+    # is read before the request takes a slot.
+    arrived = threading.Event()
+    finish = threading.Event()
+
+    class SlowBody:
+        """A 3-byte body whose bytes come once `finish` is set."""
+
+        body = b'"x"'
+
+        def __init__(self) -> None:
+            self.position = 0
+
+        def tell(self) -> int:
+            return self.position
+
+        def seek(self, offset: int, whence: int = 0) -> int:
+            self.position = len(self.body) if whence == io.SEEK_END else offset
+            return self.position
+
+        def read(self, _size: int = -1) -> bytes:
+            arrived.set()
+            finish.wait(JOIN)
+            return self.body
+
+    results: list[int] = []
+    sender = threading.Thread(
+        target=lambda: results.append(
+            slow_app.app.test_client()
+            .post("/upload", input_stream=SlowBody(), content_type="application/json")
+            .status_code
+        )
+    )
+    sender.start()
+    slow_app.threads.append(sender)
+    assert arrived.wait(JOIN)
+    assert slow_app.app.test_client().get(ITEMS).status_code == 200
+    finish.set()
+    sender.join(JOIN)
+    assert results == [200]
+
+
+def test_a_refused_request_holds_no_slot(make_app: AppFactory) -> None:
+    # A 429 is decided before the request takes a slot: with the only slot
+    # held, an over-limit request still gets its 429 at once, not a 503.
+    app = make_app(
+        MAX_IN_FLIGHT=1,
+        RATE_LIMITS_ENABLED=True,
+        RATELIMIT_DEFAULT="1 per minute",
+        REQUEST_QUEUE_TIMEOUT=TIMEOUT,
+        tables=True,
+    )
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(JOIN)
+        return "done"
+
+    client = app.test_client()
+    assert client.get("/api/openapi.json").status_code == 200  # its one a minute
+    holder = threading.Thread(
+        target=lambda: app.test_client().get(
+            "/slow", environ_base={"REMOTE_ADDR": "10.0.0.9"}
+        )
+    )
+    holder.start()
+    try:
+        assert entered.wait(JOIN)
+        problem(client.get("/api/openapi.json"), 429)
+        assert app.extensions[backpressure.EXTENSION_KEY].shed == 0
+    finally:
+        release.set()
+        holder.join(JOIN)
+
+
+def test_one_client_cannot_take_every_slot(make_app: AppFactory) -> None:
+    app = make_app(MAX_IN_FLIGHT=2, REQUEST_QUEUE_TIMEOUT=TIMEOUT, tables=True)
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(JOIN)
+        return "done"
+
+    hog = {"environ_base": {"REMOTE_ADDR": "10.0.0.1"}}
+    holder = threading.Thread(target=lambda: app.test_client().get("/slow", **hog))
+    holder.start()
+    try:
+        assert entered.wait(JOIN)
+        # MAX_IN_FLIGHT_PER_CLIENT is MAX_IN_FLIGHT - 1: its second is shed...
+        problem(app.test_client().get(ITEMS, **hog), 503)
+        # ...while the last slot serves another client.
+        other = {"environ_base": {"REMOTE_ADDR": "10.0.0.2"}}
+        assert app.test_client().get(ITEMS, **other).status_code == 200
+    finally:
+        release.set()
+        holder.join(JOIN)
+
+
+def test_a_failed_request_gives_its_slot_back(slow_app: SlowApp) -> None:
+    client = slow_app.app.test_client()
+    for _ in range(3):
+        problem(client.get("/boom"), 500)
+    assert slow_app.app.extensions[backpressure.EXTENSION_KEY].active == 0
+    assert client.get(ITEMS).status_code == 200
+
+
+def test_readiness_fails_while_the_worker_is_overloaded(slow_app: SlowApp) -> None:
+    client = slow_app.app.test_client()
+    client.get(ITEMS, environ_overrides={QUEUE_WAIT_KEY: TIMEOUT * 2})
+    ready = client.get("/health/ready")
+    assert ready.status_code == 503
+    assert ready.headers["Retry-After"] == "1"
+    assert ready.json is not None
+    assert ready.json["checks"]["capacity"]["status"] == "fail"
+    assert ready.json["checks"]["database"]["status"] == "pass"
+    admission = slow_app.app.extensions[backpressure.EXTENSION_KEY]
+    clock = Clock(admission.clock() + admission.hold * 1.01)
+    admission.clock = clock
+    assert client.get("/health/ready").status_code == 200
+
+
+def test_the_slot_is_taken_after_every_other_hook(make_app: AppFactory) -> None:
+    hooks = make_app().before_request_funcs[None]
+    admitting = [getattr(hook, "func", None) is backpressure.admit for hook in hooks]
+    assert admitting.count(True) == 1
+    assert admitting[-1]
