@@ -185,14 +185,14 @@ def write_problem(
     """
     # An id of its own: the client's X-Request-ID was not read.
     request_id = uuid.uuid4().hex
+    # The status's own phrase: Gunicorn passes "Bad Request" with its 501s.
+    with contextlib.suppress(ValueError):
+        reason = HTTPStatus(status).phrase
     body = json.dumps(
         {
             "type": "about:blank",
             "title": reason,
             "status": status,
-    # The status's own phrase: Gunicorn passes "Bad Request" with its 501s.
-    with contextlib.suppress(ValueError):
-        reason = HTTPStatus(status).phrase
             "detail": "The server could not read the request.",
             "request_id": request_id,
         }

@@ -771,6 +771,11 @@ class Config:
     OIDC_PROVIDERS: Mapping[str, Mapping[str, str]] = MappingProxyType({})
     # Seconds to wait for a provider's metadata, keys and token endpoint.
     OIDC_TIMEOUT = 5.0
+    # The origin browsers reach the service at (https://app.example.com): the
+    # providers send sign-ins back to it. Without it (development) the
+    # request's own host is used, which a client can forge: production with a
+    # provider requires it.
+    PUBLIC_URL: str | None = None
 {%- endif %}
     # argon2id parameters (RFC 9106's second recommendation: 64 MiB, t=3, p=4);
     # raising them rehashes each password at its next login.
@@ -781,11 +786,6 @@ class Config:
 
     # --- Background jobs (tasks/; README "Background jobs") ---
     # The broker: CELERY_BROKER_URL, else REDIS_URL. None: each task runs at
-    # The origin browsers reach the service at (https://app.example.com): the
-    # providers send sign-ins back to it. Without it (development) the
-    # request's own host is used, which a client can forge: production with a
-    # provider requires it.
-    PUBLIC_URL: str | None = None
     # once in the process that sends it (eager), which production refuses.
     CELERY_BROKER_URL: str | None = None
     # Seconds a task may run: at the soft limit it is asked to stop, at the hard
@@ -984,6 +984,7 @@ class Config:
         self.OIDC_TIMEOUT = env_seconds(
             environ, "OIDC_TIMEOUT", self.OIDC_TIMEOUT, maximum=60
         )
+        self.PUBLIC_URL = public_url(environ)
 {%- endif %}
 
     def api_key_settings(self, environ: Mapping[str, str]) -> None:
@@ -994,7 +995,6 @@ class Config:
             "API_KEY_MAX_TTL_DAYS",
             self.API_KEY_MAX_TTL_DAYS,
             maximum=MAX_API_KEY_DAYS,
-        self.PUBLIC_URL = public_url(environ)
         )
         self.API_KEY_TTL_DAYS = env_int(
             environ,
@@ -1017,6 +1017,9 @@ class Config:
         """REDIS_URL switches every shared state store to Redis at once."""
         self.REDIS_URL = redis_url(environ, self.redis_variable)
         self.REDIS_KEY_PREFIX = environ.get("REDIS_KEY_PREFIX") or self.REDIS_KEY_PREFIX
+        self.REDIS_TIMEOUT = env_seconds(
+            environ, "REDIS_TIMEOUT", self.REDIS_TIMEOUT, maximum=30
+        )
         # (The test suite's NullCache stays: cache tests choose their cache.)
         if self.REDIS_URL and self.CACHE_TYPE != "NullCache":
             self.CACHE_TYPE = f"{__package__}.resilience.redis_cache.SafeRedisCache"
@@ -1294,6 +1297,16 @@ class ProductionConfig(Config):
                 "JWT_PRIVATE_KEY is not set (nor JWT_PRIVATE_KEY_FILE): production "
                 f"signs tokens with its own RSA key; make one with `{RSA_KEY_COMMAND}`"
             )
+{%- if cookiecutter.use_oauth == "yes" %}
+        public = config.get("PUBLIC_URL")
+        if config.get("OIDC_PROVIDERS") and not public:
+            raise ConfigError(
+                "PUBLIC_URL is not set: OpenID Connect sends sign-ins back to it "
+                "(https://your.host), never to the Host a request names"
+            )
+        if public and not public.startswith("https://"):
+            raise ConfigError(f"PUBLIC_URL={public!r} must be https:// in production")
+{%- endif %}
 {%- if cookiecutter.use_celery == "yes" %}
         if not config.get("CELERY_BROKER_URL"):
             raise ConfigError(
@@ -1323,16 +1336,6 @@ class ProductionConfig(Config):
 
 
 CONFIGS: dict[str, type[Config]] = {
-{%- if cookiecutter.use_oauth == "yes" %}
-        public = config.get("PUBLIC_URL")
-        if config.get("OIDC_PROVIDERS") and not public:
-            raise ConfigError(
-                "PUBLIC_URL is not set: OpenID Connect sends sign-ins back to it "
-                "(https://your.host), never to the Host a request names"
-            )
-        if public and not public.startswith("https://"):
-            raise ConfigError(f"PUBLIC_URL={public!r} must be https:// in production")
-{%- endif %}
     config.NAME: config
     for config in (DevelopmentConfig, TestingConfig, ProductionConfig)
 }
