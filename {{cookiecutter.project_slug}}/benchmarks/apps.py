@@ -6,6 +6,8 @@
   request and response validation), behind every hook the app installs.
 - ``unobserved()``: the stack without the observability request hooks (the
   request id, the request's log line and its metrics), to measure their cost.
+- ``unlimited()``: the stack with its rate limits off, to measure what
+  counting costs (limits.py).
 
 Both also serve ``/bench/slow``, which waits on a stand-in upstream for
 BENCH_UPSTREAM_WAIT seconds (50 ms): the load the goodput figures are made with.
@@ -93,4 +95,11 @@ def unobserved() -> Flask:
     app.before_request_funcs[None].remove(request_hooks.start)
     app.after_request_funcs[None].remove(request_hooks.finish)
     app.teardown_request_funcs[None].remove(request_hooks.forget)
+    return app
+
+
+def unlimited() -> Flask:
+    """The stack counting no request against a rate limit."""
+    app = stack()
+    app.config["RATE_LIMITS_ENABLED"] = False
     return app

@@ -15,6 +15,8 @@ production, and the stack's are counted after.
    same rounds measure the stack's observability (request id, log line,
    metrics): against the stack without it (``unobserved``), and against the
    stack with METRICS_ENABLED=false and LOG_LEVEL=WARNING.
+   With Redis, limits.py's figures follow: what counting a request against
+   its rate limit costs, and how exact the count is at 4 and 16 workers.
 2. Goodput at twice the sustainable load of ``/bench/slow`` (a 50 ms wait on an
    upstream): an open-loop client sends at a fixed rate, with backpressure
    (MAX_IN_FLIGHT) and without it; it reports the p99 of admitted requests and
@@ -598,6 +600,11 @@ def main() -> None:
             finally:
                 forget(env | with_redis)
             print_comparison("redis", redis_variants)
+            # What counting rate limits costs, and how exact it is across
+            # workers (imported here: limits.py imports this module).
+            from benchmarks import limits  # noqa: PLC0415
+
+            limits.report(env | with_redis, options, logs)
         if not options.skip_goodput:
             goodput(env, options, logs)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import apps, profiling
+from benchmarks import apps, limits, profiling
 from benchmarks.run import (
     PROC,
     OpenLoopRun,
@@ -25,7 +25,7 @@ from benchmarks.run import (
     request_lines,
 )
 
-from conftest import PROJECT, close_connections
+from conftest import PROJECT, close_connections, needs_service
 
 # The benchmarks start their own servers, on SQLite files of their own.
 pytestmark = pytest.mark.standalone
@@ -106,6 +106,61 @@ def test_the_unobserved_stack_is_the_stack_without_request_hooks() -> None:
     assert "X-Request-ID" in with_hooks.headers
     assert "X-Request-ID" not in without.headers
     assert without.headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_unlimited_stack_counts_no_request() -> None:
+    limited, unlimited = apps.stack(), apps.unlimited()
+    limited.config["RATE_LIMITS_ENABLED"] = True
+    try:
+        counted = limited.test_client().get(apps.CONSTANT)
+        uncounted = unlimited.test_client().get(apps.CONSTANT)
+    finally:
+        close_connections(limited)
+        close_connections(unlimited)
+    assert counted.headers["RateLimit-Remaining"] == "299"
+    assert uncounted.get_data() == apps.BODY
+    assert "RateLimit-Remaining" not in uncounted.headers
+
+
+@pytest.mark.parametrize(
+    ("admitted", "refused", "false", "figures"),
+    [
+        (990, 110, 0, "over-admission 0, under-admission 0 (0.0% of the window)"),
+        (995, 105, 3, "over-admission 5, under-admission 0 (0.0% of the window)"),
+        (900, 200, 0, "over-admission 0, under-admission 90 (9.0% of the window)"),
+    ],
+)
+def test_admission_is_read_against_what_the_window_allowed(
+    capsys: pytest.CaptureFixture[str],
+    admitted: int,
+    refused: int,
+    false: int,
+    figures: str,
+) -> None:
+    # Ten requests were counted before the burst: 990 were left to admit.
+    limits.Admission(16, 10, admitted, refused, false, 0).print()
+    line = capsys.readouterr().out
+    assert f"16 workers: {admitted} admitted of 990 allowed" in line
+    assert figures in line
+    assert line.rstrip().endswith(f"RateLimit-Remaining false in {false}")
+
+
+@needs_wrk
+@needs_service(
+    available=bool(os.environ.get("TEST_REDIS_URL")),
+    reason="needs TEST_REDIS_URL: the limits benchmark counts in Redis",
+)
+def test_the_limits_benchmark_runs_end_to_end() -> None:
+    """Only the shape is checked: every figure is printed."""
+    result = bench_command(
+        *("benchmarks.limits", "--seconds=1", "--warmup=0", "--rounds=1"),
+        *("--workers", "2", f"--redis-url={os.environ['TEST_REDIS_URL']}"),
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout
+    assert re.search(r"counting in Redis costs CPU [-+]\d+ us/req", output), output
+    assert re.search(r"alone, one thread, Redis, one window: \d+ us", output), output
+    assert re.search(r" 2 workers: \d+ admitted of \d+ allowed", output), output
 
 
 def test_request_lines_are_counted_in_a_server_log(tmp_path: Path) -> None:
