@@ -9,10 +9,11 @@ files name is made on this machine and imported under that name:
   /usr/local/bin/python3 and python links of the official image;
 - ``ghcr.io/astral-sh/uv:<version>``: uv's static binaries, /uv and /uvx, from
   the musllinux wheel of that version on PyPI;
-- ``postgres:17-alpine``, ``redis:7.4-alpine`` and ``axllent/mailpit:v1.27``:
-  stand-ins, not the official images, made from one trixie root filesystem
-  (Debian's PostgreSQL 17, Redis and aiosmtpd) with the entry points below,
-  which honour what compose.yaml asks of those images.
+- ``postgres:17-alpine``, ``redis:7.4-alpine``, ``nginx:1.30-alpine`` and
+  ``axllent/mailpit:v1.27``: stand-ins, not the official images, made from one
+  trixie root filesystem (Debian's PostgreSQL 17, Redis, nginx, wget and
+  aiosmtpd) with the entry points below, which honour what compose.yaml asks
+  of those images.
 
 The engine is Debian's dockerd (docker.io), started for one test at a time with
 a socket, exec root, pid file and cgroup parent of its own, no iptables and no
@@ -62,7 +63,7 @@ PYPI = os.environ.get("KILN_PYPI_SIMPLE", "https://pypi.org/simple").rstrip("/")
 # 3.11 in any Debian release these images can come from.
 PYTHON_SUITES = {"3.13": "trixie", "3.14": "forky"}
 PYTHON_PACKAGES = ("passwd", "ca-certificates")
-SERVICE_PACKAGES = ("postgresql-17", "redis-server", "python3-aiosmtpd")
+SERVICE_PACKAGES = ("postgresql-17", "redis-server", "nginx", "wget", "python3-aiosmtpd")
 SERVICES_SUITE = "trixie"
 # Left out of every image: the kernel's file systems, apt's downloads and lists.
 EXCLUDED = (
@@ -265,6 +266,13 @@ STAND_INS = {
         'ENTRYPOINT ["/usr/local/bin/kiln-redis"]',
         "WORKDIR /data",
         "EXPOSE 6379",
+    ),
+    # Debian's nginx, run as the official image runs it: in the foreground,
+    # with the configuration compose mounts at /etc/nginx/nginx.conf.
+    "nginx:1.30-alpine": (
+        'CMD ["nginx", "-g", "daemon off;"]',
+        "STOPSIGNAL SIGQUIT",
+        "EXPOSE 80",
     ),
     "axllent/mailpit:v1.27": (
         'ENTRYPOINT ["/mailpit"]',

@@ -10,7 +10,7 @@ set on its own `python_version`, and the default set on all of them
 3. `python<major.minor>` on PATH;
 4. for a version Debian ships (3.13 in trixie, 3.14 in forky), Debian's own, in a
    chroot of a root filesystem tests/rootfs.py makes once per machine with what
-   the generated suites use (Chromium, redis-server, openssl, wrk, git): the
+   the generated suites use (Chromium, redis-server, openssl, wrk, nginx, git): the
    commands of that bake then run inside it.
 
 A version found nowhere fails the test that needs it, saying how to get it,
@@ -45,8 +45,8 @@ DEFAULT = OFFERED[0]
 # Debian suites that ship an offered Python as their python3.
 DEBIAN_SUITES = {"3.13": "trixie", "3.14": "forky"}
 # What the generated suites run besides Python: Playwright drives the system's
-# Chromium, tests start their own redis-server, make signing keys with openssl
-# and drive Gunicorn with wrk; procps for ps and kill.
+# Chromium, tests start their own redis-server, make signing keys with openssl,
+# drive Gunicorn with wrk and put nginx in front of it; procps for ps and kill.
 CHROOT_PACKAGES = (
     "ca-certificates",
     "chromium",
@@ -54,6 +54,7 @@ CHROOT_PACKAGES = (
     # debootstrap does not choose by itself.
     "dbus-x11",
     "git",
+    "nginx",
     "openssl",
     "procps",
     "redis-server",

@@ -11,9 +11,12 @@ engine and the stand-in images of tests/containers.py:
   its HEALTHCHECK turning healthy, and `docker stop` ending it with status 0
   within compose's grace period for the web server;
 - compose.yaml as generated, with an override in the test's folder that only
-  shortens healthcheck intervals and builds on the host's network:
+  shortens healthcheck intervals, builds on the host's network and gives web a
+  METRICS_TOKEN (production shows the readiness checks to its bearer only):
   `docker compose build` and `up --wait` (the README's `up --build --wait`),
-  then /health/ready passing, a sign-up through the web port whose welcome
+  then, through nginx (the only published port), /health/ready passing, an
+  over-long request line refused by nginx in the API's error shape, a sign-up
+  whose welcome
   e-mail the Celery worker delivers to the Mailpit stand-in, a token and a
   write;
 - `docker compose stop` (every service exits 0) and `down --volumes`, after
@@ -109,8 +112,8 @@ def wait_for(what: str, ready: Callable[[], bool], timeout: float) -> None:
         time.sleep(0.5)
 
 
-def get_json(url: str) -> tuple[int, Any]:
-    status, _, body = test_services.request("GET", url)
+def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    status, _, body = test_services.request("GET", url, headers=headers)
     return status, body
 
 
@@ -270,6 +273,10 @@ def test_image_runs_and_compose_serves(
             services[name]["healthcheck"] = {"interval": "5s" if flask else "1s"}
         if builds_the_image(service):
             services[name]["build"] = {"network": "host"}
+    # Production shows the readiness checks only to a reader of /metrics.
+    metrics_token = secrets.token_urlsafe(32)
+    services["web"]["environment"] = {"METRICS_TOKEN": metrics_token}
+    assert "ports" not in spec["services"]["web"], "web is reached through the proxy"
     override = tmp_path / "compose.override.yaml"
     override.write_text(json.dumps({"services": services}), encoding="utf-8")
     project = f"kiln-{secrets.token_hex(4)}"
@@ -314,7 +321,9 @@ def test_image_runs_and_compose_serves(
     report: dict[str, Any] = {}
 
     def ready() -> bool:
-        status, body = get_json(f"{base}/health/ready")
+        status, body = get_json(
+            f"{base}/health/ready", {"Authorization": f"Bearer {metrics_token}"}
+        )
         report.update(body or {})
         checks = (body or {}).get("checks", {})
         return status == 200 and all(
@@ -323,6 +332,14 @@ def test_image_runs_and_compose_serves(
 
     wait_for(f"ready report passing {sorted(expected)}", ready, READY_TIMEOUT)
     assert set(report["checks"]) == expected, report
+    # Through nginx (the only published port): its own refusals keep the API's
+    # error shape, and the request reaches the app with the client's address.
+    status, _, refused = test_services.request("GET", f"{base}/" + "x" * 9000)
+    assert status in (400, 414), (status, refused)
+    assert refused["status"] == status, refused
+    status, public = get_json(f"{base}/health/ready")
+    assert status == 200, public
+    assert public.get("checks") is None, public
 
     with timed(timings, "sign-up to welcome e-mail"):
         newcomer = {"email": "newcomer@example.com", "password": "kiln-container-77"}
