@@ -56,6 +56,7 @@ CORE_FILES = (
     "src/{package}/models/user.py",
     "src/{package}/auth/__init__.py",
     "src/{package}/auth/api.py",
+    "src/{package}/auth/attempts.py",
     "src/{package}/auth/commands.py",
     "src/{package}/auth/common_passwords.txt",
     "src/{package}/auth/keys.py",
@@ -65,6 +66,7 @@ CORE_FILES = (
     "src/{package}/auth/tokens.py",
     "src/{package}/auth/users.py",
     "migrations/versions/20261201_0002_create_accounts.py",
+    "migrations/versions/20261207_0003_item_owners_and_key_expiry.py",
     "src/{package}/api/__init__.py",
     "src/{package}/api/items.py",
     "src/{package}/api/schemas.py",
@@ -97,6 +99,7 @@ CORE_FILES = (
     "tests/test_redis.py",
     "tests/test_auth.py",
     "tests/test_observability.py",
+    "benchmarks/limits.py",
 )
 
 # Paths no bake may contain (template scaffolding the hooks consume).

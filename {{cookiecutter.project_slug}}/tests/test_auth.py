@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import json
 import stat
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +21,23 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
+from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from sqlalchemy import select
 
-from {{ cookiecutter.package_name }}.auth import passwords, users
+from {{ cookiecutter.package_name }}.auth import attempts, passwords, users
 from {{ cookiecutter.package_name }}.auth.keys import (
     DEVELOPMENT_KEY_FILE,
     process_key,
 )
 from {{ cookiecutter.package_name }}.config import ConfigError
 from {{ cookiecutter.package_name }}.extensions import db
-from {{ cookiecutter.package_name }}.models import ApiKey, TokenFamily, User
+from {{ cookiecutter.package_name }}.models import (
+    ApiKey,
+    Item,
+    TokenFamily,
+    User,
+)
+from {{ cookiecutter.package_name }}.models.base import utcnow
 
 from conftest import PASSWORD, AppFactory, add_account, problem
 
@@ -662,24 +672,98 @@ def test_sign_in_is_limited_per_client(make_app: AppFactory) -> None:
     assert int(limited.headers["Retry-After"]) > 0
 
 
-def test_sign_in_is_limited_per_account(make_app: AppFactory) -> None:
-    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
-    add_account(app)
-    client = app.test_client()
-    for number in range(5):
-        address = {"REMOTE_ADDR": f"192.0.2.{number + 1}"}
-        response = client.post(
-            f"{AUTH}/token",
-            json={"email": EMAIL, "password": "guess-number-{number}"},
-            environ_base=address,
-        )
-        assert response.status_code == 401
-    limited = client.post(
+def sign_in_from(
+    client: FlaskClient, address: str, password: str, email: str = EMAIL
+) -> Any:
+    return client.post(
         f"{AUTH}/token",
-        json={"email": EMAIL, "password": PASSWORD},
-        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+        json={"email": email, "password": password},
+        environ_base={"REMOTE_ADDR": address},
     )
+
+
+@pytest.mark.parametrize("roles", [("user",), ("admin", "user")])
+def test_wrong_passwords_from_one_address_do_not_lock_the_owner_out(
+    make_app: AppFactory, roles: tuple[str, ...]
+) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    add_account(app, roles=roles)
+    attacker = app.test_client()
+    for number in range(5):
+        guess = sign_in_from(attacker, "203.0.113.66", f"guess number {number}")
+        assert guess.status_code == 401
+    # The attacker's address is spent, the account is not: the owner, from
+    # another address, signs in (this was a 429 for a minute, renewable).
+    problem(sign_in_from(attacker, "203.0.113.66", PASSWORD), 429)
+    owner = app.test_client()
+    assert sign_in_from(owner, "198.51.100.7", PASSWORD).status_code == 200
+
+
+def test_an_account_is_guarded_against_many_addresses_but_not_from_its_owner(
+    make_app: AppFactory,
+) -> None:
+    policies = {
+        **app_policies(),
+        "login-account": {"limit": "3 per hour"},
+    }
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
+    add_account(app)
+    owner = app.test_client()
+    # The owner signed in on this client before: its answer set the cookie.
+    first = sign_in_from(owner, "198.51.100.7", PASSWORD)
+    assert first.status_code == 200
+    cookie = first.headers["Set-Cookie"]
+    assert cookie.startswith(f"{attempts.DEVICE_COOKIE}=")
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    # Guesses from many addresses spend the account's shared limit (each
+    # address stays under its own): now strangers are refused, right or wrong.
+    stranger = app.test_client()
+    for number in range(2):
+        guess = sign_in_from(stranger, f"192.0.2.{number + 1}", "a wrong guess")
+        assert guess.status_code == 401
+    limited = sign_in_from(stranger, "192.0.2.50", PASSWORD)
     problem(limited, 429)
+    assert limited.headers["RateLimit-Limit"] == "3"
+    # The owner's client is known to the account: it counts on its own.
+    again = sign_in_from(owner, "198.51.100.8", PASSWORD)
+    assert again.status_code == 200
+    # A known client is counted too (5 a minute), but never with strangers.
+    for _ in range(4):
+        sign_in_from(owner, "198.51.100.9", "a typo of the owner")
+    problem(sign_in_from(owner, "198.51.100.10", PASSWORD), 429)
+
+
+class Backdated(TimestampSigner):
+    """Signs as if it were a day more than a known device lives ago."""
+
+    def get_timestamp(self) -> int:
+        return int(time.time()) - attempts.DEVICE_LIFETIME - 24 * 3600
+
+
+@pytest.mark.parametrize("cookie", ["forged", "another account", "expired"])
+def test_only_a_genuine_recent_cookie_of_the_account_makes_a_client_known(
+    make_app: AppFactory, cookie: str
+) -> None:
+    policies = {**app_policies(), "login-account": {"limit": "1 per hour"}}
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
+    add_account(app)
+    add_account(app, "other@example.com")
+    client = app.test_client()
+    if cookie == "another account":
+        sign_in_from(client, "198.51.100.1", PASSWORD, "other@example.com")
+    elif cookie == "expired":
+        with app.app_context():
+            claims = {"device": "old", "account": attempts.account_tag(EMAIL)}
+            old = URLSafeTimedSerializer(
+                app.secret_key or "", salt=attempts.SALT, signer=Backdated
+            ).dumps(claims)
+        client.set_cookie(attempts.DEVICE_COOKIE, old)
+    else:
+        client.set_cookie(attempts.DEVICE_COOKIE, "eyJkZXZpY2UiOiJ4In0.forged.sig")
+    # The client is a stranger to the account: the shared limit (1) applies.
+    assert sign_in_from(client, "198.51.100.2", "a wrong guess").status_code == 401
+    problem(sign_in_from(client, "198.51.100.3", PASSWORD), 429)
 
 
 # --- CLI ----------------------------------------------------------------------
@@ -808,13 +892,20 @@ def test_a_signed_token_with_an_odd_subject_is_refused(
     refused(anonymous.get(f"{AUTH}/me", headers=bearer(token)))
 
 
-def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
-    policies = {
-        "read": {"limit": "1 per minute"},
+def app_policies(**limits: str) -> dict[str, dict[str, Any]]:
+    """The auth policies, with the given limits, and read and write."""
+    return {
+        "read": {"limit": limits.get("read", "300 per minute")},
         "write": {"limit": "60 per minute", "idempotency": True},
-        "login": {"limit": "60 per minute"},
+        "login": {"limit": limits.get("login", "5 per minute")},
+        "login-account": {"limit": limits.get("login_account", "100 per hour")},
+        "register": {"limit": limits.get("register", "5 per minute")},
         "auth": {"limit": "60 per minute"},
     }
+
+
+def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
+    policies = app_policies(read="1 per minute", login="60 per minute")
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     client = app.test_client()
@@ -843,7 +934,8 @@ def test_api_keys_bring_no_sign_in_quota_of_their_own(make_app: AppFactory) -> N
 
 
 def test_a_429_tells_the_limit_that_refused(make_app: AppFactory) -> None:
-    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    policies = app_policies(login_account="5 per minute")
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     client = app.test_client()
     for number in range(5):
@@ -894,3 +986,425 @@ def test_a_credential_the_database_cannot_check_counts_as_the_address(
     assert document.status_code == 200
     assert "RateLimit-Remaining" in document.headers
     problem(client.post(ITEMS, json={"name": "x"}, headers=key), 503)
+
+
+# --- Sign-up judges the whole request, and takes one mailbox ----------------------
+
+
+def test_a_bad_sign_up_says_nothing_about_the_address(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    add_account(app)
+    answers = [
+        problem(
+            anonymous.post(
+                f"{AUTH}/register", json={"email": email, "password": "password1234"}
+            ),
+            422,
+        )
+        for email in (EMAIL, "free@example.com")
+    ]
+    # The taken address and the free one get the same refusal (the password).
+    assert answers[0] == answers[1]
+    assert answers[0]["errors"][0]["field"] == "password"
+
+
+def test_a_sign_up_racing_another_for_the_address_is_a_conflict(
+    app: Flask, anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_account(app)
+    # The other request's account appears between the lookup and the insert.
+    monkeypatch.setattr(users, "find_user", lambda _email: None)
+    response = anonymous.post(
+        f"{AUTH}/register", json={"email": EMAIL, "password": PASSWORD}
+    )
+    assert "exists already" in problem(response, 409)["detail"]
+    assert len(db.session.scalars(select(User)).all()) == 1
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "m1@evil.example,root,postmaster",
+        "a<victim@example.com>",
+        "b <victim@example.com>",
+        "grp:victim@example.com;",
+        "victim@example.com\x85",
+        "victim\u2028@example.com",
+        "victim@example.com\r\nBcc: other@example.com",
+        '"victim"@example.com',
+        "victim@[192.0.2.1]",
+        "victim@example.com (comment)",
+        "victim@-example.com",
+        "victim..x@example.com",
+        "victim@localhost",
+    ],
+)
+def test_sign_up_takes_exactly_one_mailbox(anonymous: FlaskClient, email: str) -> None:
+    response = anonymous.post(
+        f"{AUTH}/register", json={"email": email, "password": PASSWORD}
+    )
+    assert problem(response, 422)["errors"][0]["field"] == "email"
+    assert db.session.scalars(select(User)).all() == []
+
+
+def test_one_mailbox_is_one_account_whatever_its_domain_spelling(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES=app_policies(register="1 per minute"),
+        tables=True,
+    )
+    client = app.test_client()
+    first = client.post(
+        f"{AUTH}/register",
+        json={"email": "Jo@xn--mller-kva.example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "192.0.2.1"},
+    )
+    assert first.status_code == 201
+    assert body(first)["email"] == "jo@müller.example.com"
+    # The same mailbox spelt in Unicode: the same account, and the same quota.
+    second = client.post(
+        f"{AUTH}/register",
+        json={"email": "jo@MÜLLER.example.com", "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "192.0.2.2"},
+    )
+    problem(second, 429)
+    assert sign_in(client, "JO@xn--mller-kva.example.com").status_code == 200
+
+
+@pytest.mark.usefixtures("app")
+def test_every_way_in_parses_the_address(runner: FlaskCliRunner) -> None:
+    result = runner.invoke(
+        args=["create-user", "--email", "ops@example.com,root"],
+        input=f"{PASSWORD}\n{PASSWORD}\n",
+    )
+    assert result.exit_code == 1
+    assert "The e-mail address is not valid" in result.output
+    with pytest.raises(users.AccountError):
+        users.create_user("a<ops@example.com>", PASSWORD)
+    assert db.session.scalars(select(User)).all() == []
+
+
+# --- Items belong to their owner ---------------------------------------------------
+
+
+def test_only_the_owner_or_an_admin_changes_an_item(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    owner = add_account(app)
+    other = add_account(app, "other@example.com")
+    admin = add_account(app, "admin@example.com", roles=("admin", "user"))
+    created = anonymous.post(ITEMS, json={"name": "mine"}, headers=owner.headers)
+    item = body(created)
+    assert item["owner_id"] == owner.id
+    path = f"{ITEMS}/{item['id']}"
+    for method in ("patch", "delete"):
+        denied = getattr(anonymous, method)(
+            path, json={"name": "theirs"}, headers=other.headers
+        )
+        assert "only its owner or an admin" in problem(denied, 403)["detail"]
+    assert body(anonymous.get(path))["name"] == "mine"
+    changed = anonymous.patch(path, json={"quantity": 2}, headers=owner.headers)
+    assert body(changed)["quantity"] == 2
+    renamed = anonymous.patch(path, json={"name": "moderated"}, headers=admin.headers)
+    assert body(renamed)["owner_id"] == owner.id
+    assert anonymous.delete(path, headers=admin.headers).status_code == 204
+    # Missing stays 404 for everyone.
+    problem(anonymous.delete(path, headers=other.headers), 404)
+
+
+def test_an_item_without_an_owner_is_left_to_admins(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    user = add_account(app)
+    admin = add_account(app, "admin@example.com", roles=("admin", "user"))
+    item = Item(name="seeded")
+    db.session.add(item)
+    db.session.commit()
+    path = f"{ITEMS}/{item.id}"
+    problem(anonymous.patch(path, json={"quantity": 1}, headers=user.headers), 403)
+    assert (
+        anonymous.patch(path, json={"quantity": 1}, headers=admin.headers).status_code
+        == 200
+    )
+
+
+def test_sign_up_grants_a_user_and_no_more(anonymous: FlaskClient) -> None:
+    account = {"email": "new@example.com", "password": PASSWORD}
+    with_roles = anonymous.post(
+        f"{AUTH}/register", json={**account, "roles": ["admin"]}
+    )
+    assert problem(with_roles, 422)["errors"][0]["field"] == "roles"
+    created = anonymous.post(f"{AUTH}/register", json=account)
+    assert body(created)["roles"] == ["user"]
+    token = bearer(tokens_of(anonymous, "new@example.com")["access_token"])
+    problem(anonymous.get(f"{AUTH}/users", headers=token), 403)
+    item = body(anonymous.post(ITEMS, json={"name": "own"}, headers=token))
+    assert item["owner_id"] == body(created)["id"]
+
+
+# --- API keys: expiry, recent sign-in, revocation, a cap ---------------------------
+
+
+def create_key(client: FlaskClient, access_token: str, **fields: Any) -> Any:
+    return client.post(
+        f"{AUTH}/api-keys",
+        json={"name": "script", "scopes": ["read", "write"], **fields},
+        headers=bearer(access_token),
+    )
+
+
+def test_a_password_change_revokes_every_api_key(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    account = add_account(app)
+    # An attacker with a (stolen) fresh token minted a key of their own.
+    stolen = tokens_of(anonymous)
+    minted = body(create_key(anonymous, stolen["access_token"]))["key"]
+    minted_headers = {"X-API-Key": minted}
+    assert anonymous.get(f"{AUTH}/me", headers=minted_headers).status_code == 200
+    owner = tokens_of(anonymous)
+    changed = anonymous.post(
+        f"{AUTH}/password",
+        json={"current_password": PASSWORD, "new_password": "a-new-pass-phrase-99"},
+        headers=bearer(owner["access_token"]),
+    )
+    assert changed.status_code == 204
+    for headers in (minted_headers, account.headers):
+        refused(anonymous.get(f"{AUTH}/me", headers=headers))
+        refused(anonymous.post(ITEMS, json={"name": "x"}, headers=headers))
+    assert all(key.revoked_at is not None for key in db.session.scalars(select(ApiKey)))
+
+
+def test_deactivating_an_account_ends_its_keys_for_good(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    account = add_account(app)
+    admin = add_account(app, "admin@example.com", roles=("admin", "user"))
+    pair = tokens_of(anonymous)
+    path = f"{AUTH}/users/{account.id}"
+    denied = anonymous.patch(path, json={"active": False}, headers=account.headers)
+    problem(denied, 403)
+    off = anonymous.patch(path, json={"active": False}, headers=admin.headers)
+    assert body(off)["active"] is False
+    refused(anonymous.get(f"{AUTH}/me", headers=account.headers))
+    refused(anonymous.get(f"{AUTH}/me", headers=bearer(pair["access_token"])))
+    on = anonymous.patch(path, json={"active": True}, headers=admin.headers)
+    assert body(on)["active"] is True
+    # Enabled again: a new sign-in works; the old key and tokens stay dead.
+    assert sign_in(anonymous).status_code == 200
+    refused(anonymous.get(f"{AUTH}/me", headers=account.headers))
+    refused(
+        anonymous.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]})
+    )
+    problem(
+        anonymous.patch(
+            f"{AUTH}/users/9999", json={"active": False}, headers=admin.headers
+        ),
+        404,
+    )
+
+
+def test_keys_expire(app: Flask, anonymous: FlaskClient) -> None:
+    config = app.config
+    account = add_account(app)
+    pair = tokens_of(anonymous)
+    default = body(create_key(anonymous, pair["access_token"]))
+    lifetime = datetime.fromisoformat(default["expires_at"]) - utcnow()
+    assert abs(lifetime - timedelta(days=config["API_KEY_TTL_DAYS"])) < timedelta(
+        minutes=1
+    )
+    week = body(create_key(anonymous, pair["access_token"], expires_in_days=7))
+    lifetime = datetime.fromisoformat(week["expires_at"]) - utcnow()
+    assert abs(lifetime - timedelta(days=7)) < timedelta(minutes=1)
+    too_long = create_key(
+        anonymous,
+        pair["access_token"],
+        expires_in_days=config["API_KEY_MAX_TTL_DAYS"] + 1,
+    )
+    assert problem(too_long, 422)["errors"][0]["field"] == "expires_in_days"
+    # A JSON integer, as JSON Schema counts them (7.0 is one), and nothing else.
+    for refused_days in (0, -1, 2.5, "7", True):
+        wrong = create_key(
+            anonymous, pair["access_token"], expires_in_days=refused_days
+        )
+        assert problem(wrong, 422)["errors"][0]["field"] == "expires_in_days"
+    whole = create_key(anonymous, pair["access_token"], expires_in_days=7.0)
+    assert whole.status_code == 201
+    # A key past its expiry is refused like a revoked one.
+    assert anonymous.get(f"{AUTH}/me", headers=account.headers).status_code == 200
+    key = db.session.scalars(select(ApiKey).order_by(ApiKey.id)).first()
+    assert key is not None
+    key.expires_at = utcnow() - timedelta(seconds=1)
+    db.session.commit()
+    response = anonymous.get(f"{AUTH}/me", headers=account.headers)
+    assert refused(response)["detail"] == "The API key is not valid."
+
+
+def age_sign_ins(seconds: int) -> None:
+    """Make every sign-in so far `seconds` older."""
+    for family in db.session.scalars(select(TokenFamily)):
+        family.created_at -= timedelta(seconds=seconds)
+    db.session.commit()
+
+
+def test_creating_a_key_needs_a_recent_sign_in(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    add_account(app)
+    max_age = app.config["API_KEY_SIGN_IN_MAX_AGE"]
+    pair = tokens_of(anonymous)
+    # Within the window, a refreshed token still carries its sign-in's time.
+    refreshed = body(
+        anonymous.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]})
+    )
+    assert create_key(anonymous, refreshed["access_token"]).status_code == 201
+    # Later, a token refreshed from an old sign-in (one that was stolen, say)
+    # cannot mint a key that would outlive it.
+    age_sign_ins(max_age + 1)
+    late = body(
+        anonymous.post(
+            f"{AUTH}/refresh", json={"refresh_token": refreshed["refresh_token"]}
+        )
+    )
+    stale = create_key(anonymous, late["access_token"])
+    assert (
+        "sign-in at most"
+        in refused(stale, "insufficient_user_authentication")["detail"]
+    )
+    assert f"max_age={max_age}" in stale.headers["WWW-Authenticate"]
+    wrong = create_key(anonymous, late["access_token"], password="not the password")
+    assert problem(wrong, 422)["errors"][0]["field"] == "password"
+    confirmed = create_key(anonymous, late["access_token"], password=PASSWORD)
+    assert confirmed.status_code == 201
+    # A token from before tokens said when their sign-in was: as good as old.
+    fresh = tokens_of(anonymous)
+    claims = claims_of(fresh["access_token"])
+    del claims["auth_time"]
+    unknown = create_key(anonymous, resigned(claims))
+    refused(unknown, "insufficient_user_authentication")
+
+
+def test_a_password_given_for_a_key_counts_as_a_sign_in_attempt(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(
+        RATE_LIMITS_ENABLED=True,
+        RESILIENCE_POLICIES=app_policies(login="2 per minute"),
+        tables=True,
+    )
+    add_account(app)
+    client = app.test_client()
+    pair = tokens_of(client)
+    for _ in range(2):
+        guess = create_key(client, pair["access_token"], password="a guess of mine")
+        assert guess.status_code == 422
+    problem(create_key(client, pair["access_token"], password=PASSWORD), 429)
+
+
+def test_live_keys_per_user_are_capped(make_app: AppFactory) -> None:
+    app = make_app(API_KEYS_PER_USER=2, tables=True)
+    add_account(app)  # one key
+    client = app.test_client()
+    pair = tokens_of(client)
+    second = body(create_key(client, pair["access_token"]))
+    third = create_key(client, pair["access_token"])
+    assert "2 live API keys" in problem(third, 409)["detail"]
+    document = body(client.get("/api/openapi.json"))
+    assert "409" in document["paths"][f"{AUTH}/api-keys"]["post"]["responses"]
+    # Revoked and expired keys leave their place.
+    client.delete(
+        f"{AUTH}/api-keys/{second['id']}", headers=bearer(pair["access_token"])
+    )
+    replacement = create_key(client, pair["access_token"])
+    assert replacement.status_code == 201
+    with app.app_context():
+        key = db.session.get_one(ApiKey, body(replacement)["id"])
+        key.expires_at = utcnow()
+        db.session.commit()
+    assert create_key(client, pair["access_token"]).status_code == 201
+    runner = app.test_cli_runner()
+    result = runner.invoke(args=["create-api-key", "--email", EMAIL, "--name", "x"])
+    assert result.exit_code == 1
+    assert "2 live API keys" in result.output
+
+
+def test_the_cap_holds_for_requests_at_once(
+    make_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On PostgreSQL (TEST_DATABASE_URL) the requests run in parallel, each on
+    # a connection of its own; the lock on the user's row serialises them.
+    app = make_app(
+        API_KEYS_PER_USER=3,
+        MAX_IN_FLIGHT=64,  # no load shedding: every request must reach the view
+        tables=True,
+    )
+    add_account(app)
+    pair = tokens_of(app.test_client())
+    real_hash = users.secret_hash
+
+    def slow_hash(key: str) -> str:
+        # Between counting the live keys and adding one: where a race would be.
+        time.sleep(0.2)
+        return real_hash(key)
+
+    monkeypatch.setattr(users, "secret_hash", slow_hash)
+    start = threading.Barrier(8, timeout=10)
+
+    def create(_: int) -> int:
+        client = app.test_client()
+        start.wait()
+        return int(create_key(client, pair["access_token"]).status_code)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = sorted(pool.map(create, range(8), timeout=60))
+    assert statuses == [201, 201] + [409] * 6
+    with app.app_context():
+        live = db.session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None)))
+        assert len(live.all()) == 3
+
+
+def test_cli_keys_expire_and_accounts_can_be_disabled(
+    app: Flask, runner: FlaskCliRunner
+) -> None:
+    account = add_account(app)
+    made = runner.invoke(
+        args=[
+            "create-api-key",
+            "--email",
+            EMAIL,
+            "--name",
+            "cron",
+            "--expires-in-days",
+            "3",
+        ]
+    )
+    assert made.exit_code == 0, made.output
+    key = users.check_api_key(made.stdout.strip())
+    assert key is not None
+    assert abs(key.expires_at - utcnow() - timedelta(days=3)) < timedelta(minutes=1)
+    too_long = runner.invoke(
+        args=[
+            "create-api-key",
+            "--email",
+            EMAIL,
+            "--name",
+            "x",
+            "--expires-in-days",
+            "9999",
+        ]
+    )
+    assert too_long.exit_code == 1
+    assert "at most 365 days" in too_long.output
+    off = runner.invoke(args=["deactivate-user", "--email", EMAIL])
+    assert off.exit_code == 0, off.output
+    assert users.check_api_key(made.stdout.strip()) is None
+    assert "disabled" in runner.invoke(args=["list-users"]).output
+    on = runner.invoke(args=["activate-user", "--email", EMAIL])
+    assert on.exit_code == 0, on.output
+    assert db.session.get_one(User, account.id).active is True
+    assert users.check_api_key(made.stdout.strip()) is None
+    missing = runner.invoke(args=["deactivate-user", "--email", "no@example.com"])
+    assert missing.exit_code == 1

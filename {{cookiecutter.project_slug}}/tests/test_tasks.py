@@ -423,6 +423,31 @@ def test_no_welcome_for_a_missing_or_inactive_account(mail_app: Flask) -> None:
     assert len(outbox(mail_app)) == 1  # the one sent when the account was made
 
 
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "m1@evil.example,root,postmaster",
+        "a<victim@example.com>",
+        "grp:victim@example.com;",
+        "victim@example.com\x85",
+        "victim@example.com\u2028",
+    ],
+)
+def test_an_address_stored_before_parsing_gets_no_mail(
+    mail_app: Flask, caplog: pytest.LogCaptureFixture, stored: str
+) -> None:
+    # Sign-up parses addresses now; an account from before may hold any text.
+    user = User(email=stored, password_hash="-", roles=["user"])
+    db.session.add(user)
+    db.session.commit()
+    send = task(mail_app, accounts.send_welcome_email.name)
+    with caplog.at_level(logging.WARNING):
+        assert send.delay(user.id).get() is False
+    assert outbox(mail_app) == []
+    assert "the recipient is not exactly one mailbox" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
 def smtp_app(make_app: AppFactory, port: int) -> Flask:
     return make_app(
         tables=True, MAIL_BACKEND="smtp", MAIL_HOST="127.0.0.1", MAIL_PORT=port

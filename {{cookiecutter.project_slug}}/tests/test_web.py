@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from {{ cookiecutter.package_name }}.auth import users
 from {{ cookiecutter.package_name }}.config import ProductionConfig
 from {{ cookiecutter.package_name }}.extensions import db
-from {{ cookiecutter.package_name }}.models import User
+from {{ cookiecutter.package_name }}.models import ApiKey, User
+from {{ cookiecutter.package_name }}.models.base import utcnow
 
 from conftest import PASSWORD, AppFactory, add_account
 
@@ -302,6 +305,100 @@ def test_sign_in_on_the_page_is_limited(make_app: AppFactory) -> None:
     assert int(limited.headers["Retry-After"]) > 0
 
 
+def test_wrong_passwords_elsewhere_do_not_lock_the_owner_out(
+    make_app: AppFactory,
+) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
+    add_account(app)
+    attacker = app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "203.0.113.66"
+    for _ in range(5):
+        assert log_in(attacker, password="wrong guess of mine").status_code == 422
+    assert log_in(attacker).status_code == 429
+    owner = app.test_client()
+    owner.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+    assert log_in(owner).status_code == 302
+
+
+def test_the_profile_lists_the_live_keys_and_revokes_them(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    account = add_account(site)
+    other = add_account(site, "other@example.com")
+    with site.app_context():
+        user = db.session.get_one(User, account.id)
+        _, expired = users.create_api_key(user, "old one", ["read"])
+        key = db.session.scalars(select(ApiKey).where(ApiKey.name == "old one")).one()
+        key.expires_at = utcnow()
+        db.session.commit()
+        assert users.check_api_key(expired) is None
+        mine = db.session.scalars(
+            select(ApiKey).where(ApiKey.user_id == account.id, ApiKey.name == "tests")
+        ).one()
+        theirs = db.session.scalars(
+            select(ApiKey).where(ApiKey.user_id == other.id)
+        ).one()
+        mine_id, prefix, theirs_id = mine.id, mine.prefix, theirs.id
+    visitor.get("/api/v1/auth/me", headers=account.headers)  # a last use
+    log_in(visitor)
+    page = visitor.get("/profile").text
+    assert f"ak_{prefix}_" in page
+    assert "old one" not in page
+    row = page.split(f"ak_{prefix}_")[1].split("</tr>")[0]
+    assert "never" not in row  # it was used: when is shown
+    assert "UTC" in row
+    assert account.api_key not in page
+    token = csrf_token(visitor.get("/profile"))
+    # Without the form's token, nothing happens.
+    assert visitor.post(f"/profile/api-keys/{mine_id}/revoke").status_code == 400
+    assert visitor.get("/api/v1/auth/me", headers=account.headers).status_code == 200
+    # Someone else's key is not there to revoke.
+    foreign = visitor.post(
+        f"/profile/api-keys/{theirs_id}/revoke", data={"csrf_token": token}
+    )
+    assert foreign.status_code == 404
+    assert visitor.get("/api/v1/auth/me", headers=other.headers).status_code == 200
+    revoked = visitor.post(
+        f"/profile/api-keys/{mine_id}/revoke", data={"csrf_token": token}
+    )
+    assert (revoked.status_code, revoked.headers["Location"]) == (302, "/profile")
+    page = visitor.get("/profile").text
+    assert "is revoked" in page
+    assert "You have no live API keys." in page
+    assert visitor.get("/api/v1/auth/me", headers=account.headers).status_code == 401
+
+
+def test_a_password_change_on_the_page_revokes_the_keys(
+    site: Flask, visitor: FlaskClient
+) -> None:
+    account = add_account(site)
+    log_in(visitor)
+    response = change_password(visitor, csrf_token(visitor.get("/profile")))
+    assert response.status_code == 302
+    assert "API keys revoked" in visitor.get("/profile").text
+    assert visitor.get("/api/v1/auth/me", headers=account.headers).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "email", ["m1@example.com,root,postmaster", "a<victim@example.com>"]
+)
+def test_registration_takes_exactly_one_mailbox(
+    visitor: FlaskClient, email: str
+) -> None:
+    token = csrf_token(visitor.get("/register"))
+    response = visitor.post(
+        "/register",
+        data={
+            "email": email,
+            "password": PASSWORD,
+            "confirm": PASSWORD,
+            "csrf_token": token,
+        },
+    )
+    assert response.status_code == 422
+    assert "The e-mail address is not valid" in response.text
+
+
 def test_errors_on_pages_are_pages(visitor: FlaskClient) -> None:
     response = visitor.post("/logout")
     assert response.status_code == 400
@@ -324,10 +421,17 @@ def test_session_cookies_are_locked_down_in_production(make_app: AppFactory) -> 
     app = make_app(tables=True, SESSION_COOKIE_SECURE=True)
     add_account(app)
     response = log_in(app.test_client())
-    cookie = response.headers["Set-Cookie"]
-    assert "Secure" in cookie
-    assert "HttpOnly" in cookie
-    assert "SameSite=Lax" in cookie
+    cookies = {
+        cookie.partition("=")[0]: cookie
+        for cookie in response.headers.getlist("Set-Cookie")
+    }
+    assert set(cookies) == {"session", "known_device"}
+    for cookie in cookies.values():
+        assert "Secure" in cookie
+        assert "HttpOnly" in cookie
+    assert "SameSite=Lax" in cookies["session"]
+    # Sent only with this site's own requests: it picks a sign-in limit.
+    assert "SameSite=Strict" in cookies["known_device"]
 
 
 def test_pages_take_only_the_session(site: Flask, visitor: FlaskClient) -> None:

@@ -1,4 +1,9 @@
-"""The items resource: paginated list, create, read, partial update, delete."""
+"""The items resource: paginated list, create, read, partial update, delete.
+
+Reads are public. Each item belongs to the user who created it: changing or
+deleting it takes its owner or an admin (403 for anyone else), whatever
+scopes the caller's credential has.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,10 @@ import math
 from typing import Any, NoReturn
 
 from flask import Blueprint, Response, abort, url_for
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import ColumnElement, delete, func, select, true, update
+from werkzeug.exceptions import Forbidden
 
-from ..auth import require
+from ..auth import authenticated, require
 from ..errors import Problem
 from ..extensions import cache, db, spec
 from ..models import Item
@@ -28,6 +34,21 @@ TAGS = ["items"]
 
 def not_found(item_id: int) -> NoReturn:
     abort(404, description=f"Item {item_id} does not exist.")
+
+
+def changeable() -> ColumnElement[bool]:
+    """The items the caller may change: their own, or any for an admin."""
+    user = authenticated().user
+    return true() if user.has_role("admin") else Item.owner_id == user.id
+
+
+def refuse(item_id: int) -> NoReturn:
+    """A write matched nothing: 404 if the item does not exist, else 403."""
+    if item_id in ID_RANGE and db.session.get(Item, item_id) is not None:
+        raise Forbidden(
+            f"Item {item_id} is not yours: only its owner or an admin may change it."
+        )
+    not_found(item_id)
 
 
 @cache.memoize()
@@ -89,8 +110,8 @@ def list_items(query: PageQuery) -> ItemPage:
     security=AUTHENTICATED,
 )
 def create_item(json: ItemCreate) -> tuple[ItemOut, int, dict[str, str]]:
-    """Create an item."""
-    item = Item(**json.model_dump())
+    """Create an item, owned by the caller."""
+    item = Item(**json.model_dump(), owner_id=authenticated().user.id)
     db.session.add(item)
     db.session.flush()
     created = ItemOut.model_validate(item)
@@ -141,14 +162,18 @@ def get_item(item_id: int) -> ItemOut:
     security=AUTHENTICATED,
 )
 def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
-    """Change some fields of an item."""
-    # One UPDATE ... RETURNING: no read-then-write window for a concurrent DELETE.
+    """Change some fields of an item (its owner's, or an admin's)."""
+    # One UPDATE ... RETURNING: no read-then-write window for a concurrent
+    # DELETE, nor for a change of owner.
     statement = (
-        update(Item).where(Item.id == item_id).values(json.model_dump()).returning(Item)
+        update(Item)
+        .where(Item.id == item_id, changeable())
+        .values(json.model_dump())
+        .returning(Item)
     )
     item = db.session.scalars(statement).one_or_none() if item_id in ID_RANGE else None
     if item is None:
-        not_found(item_id)
+        refuse(item_id)
     updated = ItemOut.model_validate(item)
     db.session.commit()
     forget_pages()
@@ -175,11 +200,11 @@ def update_item(item_id: int, json: ItemUpdate) -> ItemOut:
     security=AUTHENTICATED,
 )
 def delete_item(item_id: int) -> tuple[Response, int]:
-    """Delete an item."""
-    statement = delete(Item).where(Item.id == item_id).returning(Item.id)
+    """Delete an item (its owner's, or an admin's)."""
+    statement = delete(Item).where(Item.id == item_id, changeable()).returning(Item.id)
     deleted = db.session.scalar(statement) if item_id in ID_RANGE else None
     if deleted is None:
-        not_found(item_id)
+        refuse(item_id)
     db.session.commit()
     forget_pages()
     return Response(status=204), 204

@@ -137,6 +137,9 @@ class ItemOut(BaseModel):
     name: str
     description: str | None
     quantity: int
+    owner_id: int | None = Field(
+        description="The user who created it; only they or an admin may change it."
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
-from flask import Blueprint, Response
+from flask import Blueprint, Response, current_app
 from sqlalchemy import select
 from werkzeug.exceptions import Conflict, Forbidden, NotFound
 
 from ..errors import FieldError, Problem, RequestValidationError
 from ..extensions import db, spec
 from ..models import ApiKey, User
+from ..models.base import utcnow
 from ..openapi import AUTHENTICATED, LOCATION, Responses
 from ..resilience import client_address, enforce, protected
-from . import tokens, users
+from . import attempts, passwords, tokens, users
 from .principal import Principal, Unauthenticated, authenticated, require
 from .schemas import (
     ApiKeyCreate,
@@ -23,9 +25,11 @@ from .schemas import (
     Credentials,
     PasswordChange,
     RefreshRequest,
+    Registration,
     TokenResponse,
     UserList,
     UserOut,
+    UserUpdate,
 )
 from .tokens import InvalidToken
 
@@ -86,18 +90,20 @@ def signed_in_user() -> Principal:
     tags=TAGS,
     operation_id="register",
 )
-def register(json: Credentials) -> tuple[UserOut, int, dict[str, str]]:
+def register(json: Registration) -> tuple[UserOut, int, dict[str, str]]:
     """Open an account with an e-mail address and a password.
 
-    Limited per client address and per address asked for (POLICY_LIMIT_REGISTER).
+    The address must be one mailbox. Limited per client address and per
+    mailbox (POLICY_LIMIT_REGISTER). A request refused for its password (422)
+    says nothing of the address; only a valid one learns that it is taken (409).
     """
     enforce("register", identity=client_address())
     enforce("register", identity=f"account:{json.email}")
     try:
         user = users.create_user(json.email, json.password)
+    except users.EmailTaken as taken:
+        raise Conflict(str(taken)) from None
     except users.AccountError as refused:
-        if users.find_user(json.email) is not None:
-            raise Conflict(str(refused)) from None
         raise invalid(refused.field, str(refused)) from None
     return UserOut.model_validate(user), 201, {"Location": "/api/v1/auth/me"}
 
@@ -112,15 +118,17 @@ def register(json: Credentials) -> tuple[UserOut, int, dict[str, str]]:
 def create_token(json: Credentials) -> tuple[TokenResponse, int, dict[str, str]]:
     """Sign in: an e-mail address and password give an access and a refresh token.
 
-    Limited per client address and per account (POLICY_LIMIT_LOGIN).
+    Limited per client address (POLICY_LIMIT_LOGIN) and per account from
+    unknown clients (POLICY_LIMIT_LOGIN_ACCOUNT); a client the account signed
+    in on before (the known_device cookie this answer sets) counts on its own.
     """
     # By address, whatever credential the request carries: a caller can make
     # many API keys, and each would otherwise bring a quota of its own.
-    enforce("login", identity=client_address())
-    enforce("login", identity=f"account:{json.email}")
+    attempts.limit_sign_in(json.email)
     user = users.check_password(json.email, json.password)
     if user is None:
         raise Unauthenticated(BAD_CREDENTIALS)
+    attempts.remember_device(json.email)
     return token_response(users.sign_in(user))
 
 
@@ -212,19 +220,63 @@ def list_api_keys() -> ApiKeyList:
 @auth_api_bp.post("/api-keys")
 @protected("auth")
 @spec.validate(
-    resp=Responses(HTTP_201=ApiKeyCreated, **WITH_BODY, **SIGNED_IN),
+    resp=Responses(HTTP_201=ApiKeyCreated, HTTP_409=Problem, **WITH_BODY, **SIGNED_IN),
     tags=TAGS,
     operation_id="create_api_key",
     security=AUTHENTICATED,
 )
 def create_api_key(json: ApiKeyCreate) -> tuple[ApiKeyCreated, int, dict[str, str]]:
-    """A new API key for the caller; its secret is in this answer only."""
-    user = signed_in_user().user
-    key, plain = users.create_api_key(user, json.name, list(json.scopes))
+    """A new API key for the caller; its secret is in this answer only.
+
+    It needs a recent sign-in: a token whose sign-in is at most
+    API_KEY_SIGN_IN_MAX_AGE seconds old (else 401 with
+    error="insufficient_user_authentication" and max_age, RFC 9470), or the
+    account's password in the request. A key expires after expires_in_days
+    (API_KEY_TTL_DAYS by default, at most API_KEY_MAX_TTL_DAYS); a user has at
+    most API_KEYS_PER_USER live keys (409 beyond).
+    """
+    principal = signed_in_user()
+    config = current_app.config
+    days = json.expires_in_days or config["API_KEY_TTL_DAYS"]
+    if days > config["API_KEY_MAX_TTL_DAYS"]:
+        raise invalid(
+            "expires_in_days",
+            f"A key may live at most {config['API_KEY_MAX_TTL_DAYS']} days.",
+        )
+    confirm_sign_in(principal, json.password)
+    try:
+        key, plain = users.create_api_key(
+            principal.user, json.name, list(json.scopes), timedelta(days=days)
+        )
+    except users.TooManyKeys as refused:
+        raise Conflict(str(refused)) from None
     created = ApiKeyCreated.model_validate(
         {**ApiKeyOut.model_validate(key).model_dump(), "key": plain}
     )
     return created, 201, {"Cache-Control": "no-store"}
+
+
+def confirm_sign_in(principal: Principal, password: str | None) -> None:
+    """The caller signed in recently, or gave the account's password.
+
+    A stolen access token (it lives JWT_ACCESS_TTL) or a refreshed one is
+    not enough to mint a key that would outlive it. A password given here is
+    a guess like any other: it counts against the caller's sign-in limit.
+    """
+    if password is not None:
+        enforce("login")
+        if not passwords.verify_password(principal.user.password_hash, password):
+            raise invalid("password", "The password is not correct.")
+        return
+    max_age: int = current_app.config["API_KEY_SIGN_IN_MAX_AGE"]
+    signed_in = principal.signed_in_at
+    if signed_in is None or utcnow() - signed_in > timedelta(seconds=max_age):
+        raise Unauthenticated(
+            f"Creating an API key needs a sign-in at most {max_age} seconds old: "
+            "sign in again, or send the account's password as password.",
+            error="insufficient_user_authentication",
+            max_age=max_age,
+        )
 
 
 @auth_api_bp.delete("/api-keys/<int:key_id>")
@@ -260,3 +312,25 @@ def list_users() -> UserList:
     """Every account, oldest first (admins only)."""
     rows = db.session.scalars(select(User).order_by(User.id))
     return UserList(users=[UserOut.model_validate(user) for user in rows])
+
+
+@auth_api_bp.patch("/users/<int:user_id>")
+@protected("auth")
+@require(role="admin")
+@spec.validate(
+    resp=Responses(HTTP_200=UserOut, HTTP_404=Problem, **WITH_BODY, **SIGNED_IN),
+    tags=TAGS,
+    operation_id="update_user",
+    security=AUTHENTICATED,
+)
+def update_user(user_id: int, json: UserUpdate) -> UserOut:
+    """Enable or disable an account (admins only).
+
+    Disabling it ends every session, token and API key of the account; enabling
+    it again brings none of them back.
+    """
+    user = db.session.get(User, user_id) if user_id < 2**31 else None
+    if user is None:
+        raise NotFound(f"User {user_id} does not exist.")
+    users.set_active(user, active=json.active)
+    return UserOut.model_validate(user)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ParamSpec
 
 from flask import Flask, current_app, request
@@ -47,11 +48,13 @@ View = Callable[P, ResponseReturnValue]
 
 @dataclass(frozen=True)
 class Principal:
-    """A verified caller: the user, how they proved it, and what they may do."""
+    """A verified caller: the user, how they proved it, and what they may do;
+    for an access token, when its sign-in happened (if the token says)."""
 
     user: User
     scopes: frozenset[str]
     api_key: ApiKey | None = None
+    signed_in_at: datetime | None = None
 
     @property
     def identity(self) -> str:
@@ -68,13 +71,21 @@ class Principal:
 
 
 class Unauthenticated(Unauthorized):
-    """401 with the RFC 6750 challenge; `error` is set when a token was refused."""
+    """401 with the RFC 6750 challenge; `error` is set when a token was refused.
 
-    def __init__(self, description: str, *, error: str | None = None) -> None:
+    `max_age` asks for a sign-in at most that many seconds old (RFC 9470's
+    step-up challenge, with error="insufficient_user_authentication").
+    """
+
+    def __init__(
+        self, description: str, *, error: str | None = None, max_age: int | None = None
+    ) -> None:
         super().__init__(description)
         bearer = f'Bearer realm="{REALM}"'
         if error:
             bearer += f', error="{error}"'
+        if max_age is not None:
+            bearer += f", max_age={max_age}"
         self.challenge = f'{bearer}, ApiKey realm="{REALM}"'
 
     def get_headers(self, *args: Any, **kwargs: Any) -> list[tuple[str, str]]:
@@ -174,7 +185,9 @@ def from_bearer(header: str) -> Principal:
     user = users.user_of_access_token(claims)
     if user is None:
         raise Refused("The token is revoked or its account disabled.")
-    return Principal(user=user, scopes=frozenset(SCOPES))
+    return Principal(
+        user=user, scopes=frozenset(SCOPES), signed_in_at=tokens.signed_in_at(claims)
+    )
 
 
 def client_identity() -> str | None:

@@ -5,22 +5,57 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+)
+from pydantic_core import PydanticCustomError
 
+from ..config import MAX_API_KEY_DAYS
 from ..models.user import EMAIL_MAX_LENGTH
 from .passwords import MAX_LENGTH
-from .users import EMAIL_PATTERN, normalise_email
+from .users import EMAIL_PATTERN, AccountError, normalise_email, valid_email
 
-# Compared in its normalised form (users.normalise_email), so that one address
-# has one account whatever its case or Unicode spelling.
+
+def mailbox(email: str) -> str:
+    """valid_email for pydantic: a ValueError names the field."""
+    try:
+        return valid_email(email)
+    except AccountError as refused:
+        raise ValueError(str(refused)) from None
+
+
+# Looked up in its normalised form (users.normalise_email), so that one
+# address has one account whatever its case or Unicode spelling.
 Email = Annotated[
     str,
     StringConstraints(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN),
     AfterValidator(normalise_email),
 ]
+# A new account's address: exactly one mailbox, in its one spelling.
+NewEmail = Annotated[
+    str,
+    StringConstraints(max_length=EMAIL_MAX_LENGTH, pattern=EMAIL_PATTERN),
+    AfterValidator(mailbox),
+]
 Password = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LENGTH)]
 Scope = Literal["read", "write"]
 Role = Literal["admin", "user"]
+
+
+def json_number(value: object) -> object:
+    """A JSON number only: "30" and true are refused; 30.0 is what JSON Schema
+    calls an integer, which the int type then takes (30.5 it refuses)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PydanticCustomError("int_type", "Input should be a valid integer")
+    return value
+
+
+Days = Annotated[int, Field(ge=1, le=MAX_API_KEY_DAYS), BeforeValidator(json_number)]
 
 
 class Strict(BaseModel):
@@ -31,6 +66,13 @@ class Credentials(Strict):
     """An e-mail address and its password."""
 
     email: Email
+    password: Password
+
+
+class Registration(Strict):
+    """The e-mail address and the password of a new account."""
+
+    email: NewEmail
     password: Password
 
 
@@ -74,6 +116,15 @@ class UserList(BaseModel):
     users: list[UserOut]
 
 
+class UserUpdate(Strict):
+    """What an admin may change of an account: whether it is enabled.
+
+    Disabling it ends every sign-in and revokes every API key of the account.
+    """
+
+    active: bool
+
+
 class ApiKeyCreate(Strict):
     """A name to recognise the key by, and what it may do."""
 
@@ -82,6 +133,20 @@ class ApiKeyCreate(Strict):
         StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
     ]
     scopes: list[Scope] = Field(min_length=1, max_length=2)
+    expires_in_days: Days | None = Field(
+        default=None,
+        description=(
+            "Days until the key expires: API_KEY_TTL_DAYS when absent, at most "
+            "API_KEY_MAX_TTL_DAYS."
+        ),
+    )
+    password: Password | None = Field(
+        default=None,
+        description=(
+            "The account's password: needed unless the token's sign-in is at "
+            "most API_KEY_SIGN_IN_MAX_AGE seconds old."
+        ),
+    )
 
 
 class ApiKeyOut(BaseModel):
@@ -95,6 +160,7 @@ class ApiKeyOut(BaseModel):
     scopes: list[Scope]
     created_at: datetime
     last_used_at: datetime | None
+    expires_at: datetime
     revoked_at: datetime | None
 
 

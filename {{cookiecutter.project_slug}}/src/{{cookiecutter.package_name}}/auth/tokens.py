@@ -5,7 +5,9 @@ An access token lives JWT_ACCESS_TTL seconds and is sent as
 is only accepted by the refresh and logout endpoints. Both name their family
 (``fid``: one sign-in, models/user.py: TokenFamily); a family revoked by a
 logout, a password change or a reused refresh token ends all of its tokens,
-in every worker, across restarts (it is a database row).
+in every worker, across restarts (it is a database row). An access token also
+says when its sign-in happened (``auth_time``, as in OpenID Connect), which
+is how a view asks for a recent sign-in (auth/api.py: creating an API key).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ WRONG_TYPE = {
     "access": "This is not an access token.",
     "refresh": "This is not a refresh token.",
 }
+# Later than any auth_time a token can carry (the year 2514).
+MAX_TIMESTAMP = 2**34
 REQUIRED_CLAIMS = ["exp", "iat", "nbf", "iss", "aud", "sub", "jti", "type", "fid"]
 
 
@@ -43,9 +47,15 @@ def new_jti() -> str:
 
 
 def issue(
-    token_type: TokenType, *, subject: str, family: str, jti: str | None = None
+    token_type: TokenType,
+    *,
+    subject: str,
+    family: str,
+    jti: str | None = None,
+    auth_time: datetime | None = None,
 ) -> tuple[str, int]:
-    """A signed token of `token_type` for `subject`, and its lifetime in seconds."""
+    """A signed token of `token_type` for `subject`, and its lifetime in seconds;
+    `auth_time`, when given, is when the user signed in."""
     config = current_app.config
     lifetime: int = config[LIFETIME_SETTING[token_type]]
     now = datetime.now(UTC)
@@ -60,6 +70,8 @@ def issue(
         "type": token_type,
         "fid": family,
     }
+    if auth_time is not None:
+        claims["auth_time"] = int(auth_time.timestamp())
     signing = keys()
     token = jwt.encode(
         claims, signing.private, algorithm=ALGORITHM, headers={"kid": signing.kid}
@@ -98,4 +110,14 @@ def verify(token: str, token_type: TokenType) -> dict[str, Any]:
         raise InvalidToken(WRONG_TYPE[token_type])
     if not all(isinstance(claims[name], str) for name in ("sub", "jti", "fid")):
         raise InvalidToken("The token is malformed or its signature is invalid.")
+    # Optional (tokens issued before it existed have none), but a timestamp.
+    auth_time = claims.get("auth_time", 0)
+    if type(auth_time) is not int or not 0 <= auth_time < MAX_TIMESTAMP:
+        raise InvalidToken("The token is malformed or its signature is invalid.")
     return claims
+
+
+def signed_in_at(claims: dict[str, Any]) -> datetime | None:
+    """When the sign-in of verified access-token `claims` happened, if it says."""
+    auth_time = claims.get("auth_time")
+    return None if auth_time is None else datetime.fromtimestamp(auth_time, UTC)

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 import unicodedata
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from blinker import Namespace
+from email_validator import EmailNotValidError, validate_email
 from flask import current_app
-from sqlalchemy import select, update
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import ColumnElement, func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import contains_eager
 
 from ..extensions import db
@@ -41,9 +41,13 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 signals = Namespace()
 user_registered = signals.signal("user-registered")
 
-# Deliberately loose (one @, a dot in the domain, no spaces or controls): the
-# address is proven by using it, not by a pattern. Spelt out for JavaScript.
-EMAIL_PATTERN = r"^[^@\x00-\x20\x7f]{1,64}@[^@\x00-\x20\x7f]+\.[^@\x00-\x20\x7f]+$"
+# A first filter, spelt out for JavaScript clients: one @, a dot in the domain,
+# and none of the characters that make a header hold another address or line
+# (space, controls, Unicode line separators, and any of "(),:;<>[\]). Sign-up then
+# parses the address as exactly one mailbox (valid_email).
+EMAIL_CHARACTER = r'[^@\x00-\x20\x7f-\x9f\u2028\u2029"(),:;<>\[\\\]]'
+LOCAL_PART = EMAIL_CHARACTER + "{1,64}"
+EMAIL_PATTERN = rf"^{LOCAL_PART}@{EMAIL_CHARACTER}+\.{EMAIL_CHARACTER}+$"
 
 
 class AccountError(Exception):
@@ -55,6 +59,18 @@ class AccountError(Exception):
         self.field = field
 
 
+class EmailTaken(AccountError):  # noqa: N818 - what the address is
+    """An account has this address already (said only of a request that is
+    valid in every other way)."""
+
+    def __init__(self) -> None:
+        super().__init__("An account with this e-mail address exists already.", "email")
+
+
+class TooManyKeys(Exception):  # noqa: N818 - what the user has
+    """The user has as many live API keys as API_KEYS_PER_USER allows."""
+
+
 @dataclass(frozen=True)
 class TokenPair:
     access_token: str
@@ -62,18 +78,39 @@ class TokenPair:
     expires_in: int
 
 
-def normalise_email(email: str) -> str:
-    """One spelling per address: NFKC, trimmed, lowercase."""
-    return unicodedata.normalize("NFKC", email).strip().lower()
-
-
 def valid_email(email: str) -> str:
-    """`email` normalised, or AccountError: NFKC can turn an odd spelling into
-    no address at all (a fullwidth @ into a second @)."""
-    email = normalise_email(email)
-    if not re.match(EMAIL_PATTERN, email) or len(email) > EMAIL_MAX_LENGTH:
-        raise AccountError("The e-mail address is not valid.", "email")
-    return email
+    """The one mailbox `email` names, in its one spelling, or AccountError.
+
+    NFKC and lowercase first (a fullwidth @ becomes a second @, and so no
+    address), then email-validator: exactly one addr-spec, no quoted local
+    part, no address literal, no control character or line separator, a
+    domain that could exist (IDNA, shown in Unicode). A recipient list
+    ("a@x,root"), a display name ("a<b@x>") or a group ("g:b@x;") is no
+    address, so one mailbox is one account and one sign-up quota.
+    """
+    folded = unicodedata.normalize("NFKC", email).lower()
+    try:
+        found = validate_email(folded, check_deliverability=False, strict=True)
+    except EmailNotValidError as error:
+        message = f"The e-mail address is not valid: {error}"
+        raise AccountError(message, "email") from None
+    mailbox = found.normalized
+    if len(mailbox) > EMAIL_MAX_LENGTH:
+        raise AccountError("The e-mail address is too long.", "email")
+    return mailbox
+
+
+def normalise_email(email: str) -> str:
+    """The spelling an account is stored and looked up under.
+
+    A valid address gets valid_email's; anything else (a sign-in with a
+    typo, or an account made before addresses were parsed) is folded the
+    same way and trimmed, and can only match such an old account.
+    """
+    try:
+        return valid_email(email)
+    except AccountError:
+        return unicodedata.normalize("NFKC", email).strip().lower()
 
 
 def find_user(email: str) -> User | None:
@@ -81,21 +118,29 @@ def find_user(email: str) -> User | None:
 
 
 def create_user(email: str, password: str, roles: list[str] | None = None) -> User:
-    """A new active account; AccountError for a taken e-mail or a weak password."""
+    """A new active account; AccountError for an invalid request, EmailTaken
+    when the address has an account.
+
+    The whole request is judged before the address is looked up, so that a
+    refusal of a bad request says nothing about whether the address is taken.
+    """
     email = valid_email(email)
     if problem := passwords.weakness(password, email=email):
         raise AccountError(f"The password {problem}.", "password")
     if find_user(email) is not None:
-        raise AccountError(
-            "An account with this e-mail address exists already.", "email"
-        )
+        raise EmailTaken
     user = User(
         email=email,
         password_hash=passwords.hash_password(password),
         roles=sorted(set(roles or ["user"])),
     )
     db.session.add(user)
-    db.session.commit()
+    try:
+        db.session.commit()
+    except IntegrityError:
+        # Another request took the address between the lookup and the insert.
+        db.session.rollback()
+        raise EmailTaken from None
     user_registered.send(user)
     return user
 
@@ -118,11 +163,7 @@ def claim_for_provider(user: User) -> None:
     user.password_hash = passwords.unusable_hash()
     user.fs_uniquifier = new_uniquifier()
     revoke_families(user)
-    db.session.execute(
-        update(ApiKey)
-        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
+    revoke_api_keys(user)
     db.session.commit()
 
 
@@ -142,7 +183,11 @@ def check_password(email: str, password: str) -> User | None:
 
 
 def change_password(user: User, current: str, new: str) -> None:
-    """Replace the password; every session and token of the user ends."""
+    """Replace the password; every session, token and API key of the user ends.
+
+    Whoever knew the old password (or held a token) may have made keys with
+    it: a password change is how an owner takes the account back.
+    """
     if not passwords.verify_password(user.password_hash, current):
         raise AccountError("The current password is not correct.", "current_password")
     if problem := passwords.weakness(new, email=user.email):
@@ -150,7 +195,31 @@ def change_password(user: User, current: str, new: str) -> None:
     user.password_hash = passwords.hash_password(new)
     user.fs_uniquifier = new_uniquifier()
     revoke_families(user)
+    revoke_api_keys(user)
     db.session.commit()
+
+
+def set_active(user: User, *, active: bool) -> None:
+    """Enable or disable an account (an admin's decision).
+
+    Disabling ends every session, token and API key of the account for good:
+    enabling it again brings none of them back.
+    """
+    user.active = active
+    if not active:
+        user.fs_uniquifier = new_uniquifier()
+        revoke_families(user)
+        revoke_api_keys(user)
+    db.session.commit()
+
+
+def revoke_api_keys(user: User) -> None:
+    """Revoke every live API key of `user` (the caller commits)."""
+    db.session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user.id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
 
 
 def start_family(user: User) -> TokenFamily:
@@ -176,7 +245,14 @@ def sign_in(user: User) -> TokenPair:
 
 
 def pair_for(user: User, family: TokenFamily) -> TokenPair:
-    access, lifetime = tokens.issue("access", subject=str(user.id), family=family.id)
+    # The family began with the sign-in: its time is the access token's
+    # auth_time, however many refreshes later the token is issued.
+    access, lifetime = tokens.issue(
+        "access",
+        subject=str(user.id),
+        family=family.id,
+        auth_time=family.created_at,
+    )
     refresh, _ = tokens.issue(
         "refresh", subject=str(user.id), family=family.id, jti=family.current_jti
     )
@@ -281,8 +357,44 @@ def secret_hash(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def create_api_key(user: User, name: str, scopes: list[str]) -> tuple[ApiKey, str]:
-    """A new key for `user`; the plain key is returned here and never again."""
+def live(now: datetime) -> ColumnElement[bool]:
+    """The condition of a key that works at `now`: not revoked, not expired."""
+    return ApiKey.revoked_at.is_(None) & (ApiKey.expires_at > now)
+
+
+def live_api_keys(user: User) -> list[ApiKey]:
+    """The keys of `user` that work now, newest first."""
+    return list(
+        db.session.scalars(
+            select(ApiKey)
+            .where(ApiKey.user_id == user.id, live(utcnow()))
+            .order_by(ApiKey.id.desc())
+        )
+    )
+
+
+def create_api_key(
+    user: User, name: str, scopes: list[str], lifetime: timedelta | None = None
+) -> tuple[ApiKey, str]:
+    """A new key for `user` that expires after `lifetime` (API_KEY_TTL_DAYS
+    when None); the plain key is returned here and never again.
+
+    TooManyKeys when the user has API_KEYS_PER_USER live keys already. The
+    user's row is locked while counting (PostgreSQL; SQLite lets one writer
+    at a time), so concurrent requests cannot both take the last place.
+    """
+    config = current_app.config
+    now = utcnow()
+    db.session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    count = db.session.scalar(
+        select(func.count()).where(ApiKey.user_id == user.id, live(now))
+    )
+    if (count or 0) >= config["API_KEYS_PER_USER"]:
+        db.session.rollback()
+        raise TooManyKeys(
+            f"You have {config['API_KEYS_PER_USER']} live API keys, the most "
+            "allowed: revoke one first."
+        )
     prefix = secrets.token_hex(PREFIX_BYTES)
     plain = f"{API_KEY_TAG}_{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -291,6 +403,8 @@ def create_api_key(user: User, name: str, scopes: list[str]) -> tuple[ApiKey, st
         prefix=prefix,
         secret_hash=secret_hash(plain),
         scopes=sorted(set(scopes)),
+        created_at=now,
+        expires_at=now + (lifetime or timedelta(days=config["API_KEY_TTL_DAYS"])),
     )
     db.session.add(key)
     db.session.commit()
@@ -298,7 +412,7 @@ def create_api_key(user: User, name: str, scopes: list[str]) -> tuple[ApiKey, st
 
 
 def check_api_key(plain: str) -> ApiKey | None:
-    """The live key `plain` is, with an active user, else None."""
+    """The live (unrevoked, unexpired) key `plain` is, of an active user, else None."""
     tag, _, rest = plain.partition("_")
     prefix, _, secret = rest.partition("_")
     if tag != API_KEY_TAG or len(prefix) != 2 * PREFIX_BYTES or not secret:
@@ -307,11 +421,7 @@ def check_api_key(plain: str) -> ApiKey | None:
         select(ApiKey)
         .join(User, User.id == ApiKey.user_id)
         .options(contains_eager(ApiKey.user))
-        .where(
-            ApiKey.prefix == prefix,
-            ApiKey.revoked_at.is_(None),
-            User.active.is_(True),
-        )
+        .where(ApiKey.prefix == prefix, live(utcnow()), User.active.is_(True))
     )
     if key is None or not hmac.compare_digest(key.secret_hash, secret_hash(plain)):
         return None

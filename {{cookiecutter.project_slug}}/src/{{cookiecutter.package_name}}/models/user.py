@@ -56,7 +56,11 @@ class User(Base):
 
 
 class ApiKey(Base):
-    """A machine client's key: only its public prefix and a hash are kept."""
+    """A machine client's key: only its public prefix and a hash are kept.
+
+    A key is live until it expires or is revoked (by its owner, an admin, a
+    password change or the account's deactivation).
+    """
 
     __tablename__ = "api_keys"
 
@@ -72,6 +76,7 @@ class ApiKey(Base):
     scopes: Mapped[list[str]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     user: Mapped[User] = relationship(back_populates="api_keys")

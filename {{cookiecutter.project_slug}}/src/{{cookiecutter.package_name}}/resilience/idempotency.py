@@ -66,8 +66,9 @@ class IdempotencyKeyHeader(BaseModel):
             "its answer again. Kept for 24 hours."
         ),
     )
-    idempotency_retry: Literal["true", "false"] | None = Field(
-        default=None,
+    # No null: a header is a string, and "null" is not one of these.
+    idempotency_retry: Literal["true", "false"] = Field(
+        default="false",
         alias="Idempotency-Retry",
         description=(
             "Send true when this request repeats an earlier one with the same "

@@ -10,11 +10,12 @@ MAIL_SECURITY (none, starttls or tls) and MAIL_USERNAME / MAIL_PASSWORD.
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 import ssl
 import uuid
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate, getaddresses, make_msgid
 from pathlib import Path
 
 from flask import current_app
@@ -22,15 +23,33 @@ from flask import current_app
 logger = logging.getLogger(__name__)
 
 
+# Controls (C0, DEL, C1) and Unicode line separators: never in an address.
+UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
 class PermanentMailError(Exception):
-    """The server refused the message for good (a 5xx answer): do not retry."""
+    """The message cannot be sent, now or later: the server refused it for good
+    (a 5xx answer), or its recipient is not one mailbox. Do not retry."""
+
+
+def recipient(to: str) -> str:
+    """`to` if it is exactly one bare mailbox, else PermanentMailError.
+
+    Sign-up accepts nothing else (auth/users.py: valid_email); an address
+    stored before it did ("a@x,root", "a<b@x>", "g:b@x;", a control
+    character) must not become several recipients or a broken header.
+    """
+    if UNSAFE.search(to) or getaddresses([to]) != [("", to)]:
+        raise PermanentMailError("the recipient is not exactly one mailbox")
+    return to
 
 
 def message(to: str, subject: str, body: str) -> EmailMessage:
-    """A plain-text message from MAIL_FROM, dated and with a Message-ID."""
+    """A plain-text message from MAIL_FROM to the one mailbox `to`, dated and
+    with a Message-ID."""
     email = EmailMessage()
     email["From"] = current_app.config["MAIL_FROM"]
-    email["To"] = to
+    email["To"] = recipient(to)
     email["Subject"] = subject
     email["Date"] = formatdate(localtime=False)
     email["Message-ID"] = make_msgid()

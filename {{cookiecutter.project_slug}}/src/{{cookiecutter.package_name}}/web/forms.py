@@ -63,3 +63,7 @@ class PasswordChangeForm(FlaskForm):
 
 class LogoutForm(FlaskForm):
     """No fields: signing out is a POST with a CSRF token, not a link."""
+
+
+class RevokeKeyForm(FlaskForm):
+    """No fields: the key is in the URL; the form carries the CSRF token."""

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     Response,
+    abort,
     flash,
     redirect,
     render_template,
@@ -21,12 +22,18 @@ from flask_login import current_user, login_user, logout_user
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException, Unauthorized
 
-from ..auth import authenticated, require, users
+from ..auth import attempts, authenticated, require, users
 from ..database import handle_database_error
-from ..extensions import csrf
-from ..models import User
+from ..extensions import csrf, db
+from ..models import ApiKey, User
 from ..resilience import client_address, enforce
-from .forms import LoginForm, LogoutForm, PasswordChangeForm, RegisterForm
+from .forms import (
+    LoginForm,
+    LogoutForm,
+    PasswordChangeForm,
+    RegisterForm,
+    RevokeKeyForm,
+)
 
 web_bp = Blueprint(
     "web",
@@ -115,14 +122,16 @@ def register() -> ResponseReturnValue:
         return render_template("web/register.html", form=form), (
             INVALID if form.is_submitted() else 200
         )
-    email = users.normalise_email(form.email.data or "")
-    enforce("register", identity=client_address())
-    enforce("register", identity=f"account:{email}")
     try:
+        # One mailbox, in its one spelling: what the limit counts.
+        email = users.valid_email(form.email.data or "")
+        enforce("register", identity=client_address())
+        enforce("register", identity=f"account:{email}")
         user = users.create_user(email, form.password.data or "")
     except users.AccountError as refused:
         form[refused.field].errors = [str(refused)]
         return render_template("web/register.html", form=form), INVALID
+    attempts.remember_device(email)
     start_session(user)
     flash("Welcome! Your account is ready.", "success")
     return redirect(url_for(".profile"))
@@ -137,13 +146,13 @@ def login() -> ResponseReturnValue:
             INVALID if form.is_submitted() else 200
         )
     email = users.normalise_email(form.email.data or "")
-    enforce("login", identity=client_address())
-    enforce("login", identity=f"account:{email}")
+    attempts.limit_sign_in(email)
     user = users.check_password(email, form.password.data or "")
     if user is None:
         return render_template(
             "web/login.html", form=form, next=target, failure=BAD_CREDENTIALS
         ), INVALID
+    attempts.remember_device(email)
     start_session(user)
     flash("You are signed in.", "success")
     return redirect(target or url_for(".profile"))
@@ -163,12 +172,34 @@ def logout() -> ResponseReturnValue:
     return redirect(url_for(".login"))
 
 
+def profile_page(user: User, form: PasswordChangeForm) -> str:
+    """The profile: the account, its live API keys, the password form."""
+    return render_template(
+        "web/profile.html",
+        user=user,
+        form=form,
+        api_keys=users.live_api_keys(user),
+        revoke_form=RevokeKeyForm(),
+    )
+
+
 @web_bp.get("/profile")
 @require()
 def profile() -> str:
-    return render_template(
-        "web/profile.html", user=authenticated().user, form=PasswordChangeForm()
-    )
+    return profile_page(authenticated().user, PasswordChangeForm())
+
+
+@web_bp.post("/profile/api-keys/<int:key_id>/revoke")
+@require()
+def revoke_api_key(key_id: int) -> ResponseReturnValue:
+    """Revoke one of the user's API keys (the CSRF check ran before the view)."""
+    user = authenticated().user
+    key = db.session.get(ApiKey, key_id) if key_id < 2**31 else None
+    if key is None or key.user_id != user.id:
+        abort(404, description=f"API key {key_id} does not exist.")
+    users.revoke_api_key(key)
+    flash(f"API key {key.name} ({key.prefix}) is revoked.", "success")
+    return redirect(url_for(".profile"))
 
 
 @web_bp.post("/profile/password")
@@ -187,9 +218,13 @@ def change_password() -> ResponseReturnValue:
         else:
             # This session goes on under the new uniquifier; all others end.
             start_session(user)
-            flash("Password changed. Your other sessions are signed out.", "success")
+            flash(
+                "Password changed. Your other sessions are signed out and your "
+                "API keys revoked.",
+                "success",
+            )
             return redirect(url_for(".profile"))
-    return render_template("web/profile.html", user=user, form=form), INVALID
+    return profile_page(user, form), INVALID
 
 
 @web_bp.context_processor

@@ -1,0 +1,100 @@
+"""Limits on password sign-ins that guard each account without locking its owner out.
+
+A refusal per account alone lets anyone lock a chosen account: a few wrong
+passwords from anywhere, and the owner's right one is refused too. So an
+attempt counts against:
+
+- its client address (POLICY_LIMIT_LOGIN, 5 a minute): one address guesses
+  slowly, whichever accounts it tries;
+- the account it names, from clients the account has never signed in on
+  (POLICY_LIMIT_LOGIN_ACCOUNT, 100 an hour): many addresses together guess
+  slowly too. This one threshold is shared by strangers, and an attacker may
+  use it up;
+- or, from a device the account signed in on before, that device
+  (POLICY_LIMIT_LOGIN): a successful sign-in leaves a signed cookie naming
+  the account (OWASP's "device cookie"), and a client that shows it is
+  counted on its own, so whatever strangers do, the owner's browsers and
+  cookie-keeping clients still sign in.
+
+The cookie proves nothing by itself: it is no credential, only which count
+an attempt goes to, and it still needs the password.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from typing import Any
+
+from flask import Response, after_this_request, current_app, request
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+
+from ..resilience import client_address, enforce
+
+DEVICE_COOKIE = "known_device"
+# A device stays known this long after its last successful sign-in.
+DEVICE_LIFETIME = 180 * 24 * 60 * 60
+SALT = "known-device"
+
+
+def serializer() -> URLSafeTimedSerializer:
+    return URLSafeTimedSerializer(current_app.secret_key or "", salt=SALT)
+
+
+def account_tag(email: str) -> str:
+    """A keyed digest of the account's address: the cookie does not show it."""
+    key = str(current_app.secret_key or "").encode()
+    return hmac.new(key, email.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def known_device(email: str) -> str | None:
+    """The id of the device this request's cookie names, if it names `email`'s
+    account and is genuine and recent."""
+    cookie = request.cookies.get(DEVICE_COOKIE)
+    if not cookie or not current_app.secret_key:
+        return None
+    try:
+        claims: Any = serializer().loads(cookie, max_age=DEVICE_LIFETIME)
+    except BadSignature:
+        return None
+    if (
+        not isinstance(claims, dict)
+        or not isinstance(claims.get("device"), str)
+        or claims.get("account") != account_tag(email)
+    ):
+        return None
+    device: str = claims["device"]
+    return device
+
+
+def limit_sign_in(email: str) -> None:
+    """Count a password sign-in attempt for `email` (normalised); 429 when one
+    of its limits is spent."""
+    enforce("login", identity=client_address())
+    device = known_device(email)
+    if device is not None:
+        enforce("login", identity=f"device:{device}")
+    else:
+        enforce("login-account", identity=f"account:{email}")
+
+
+def remember_device(email: str) -> None:
+    """After a successful sign-in to `email`: the answer (re)sets the cookie
+    that makes this client known to the account."""
+    if not current_app.secret_key:
+        return
+    device = known_device(email) or secrets.token_urlsafe(16)
+    value = serializer().dumps({"device": device, "account": account_tag(email)})
+
+    @after_this_request
+    def set_cookie(response: Response) -> Response:
+        response.set_cookie(
+            DEVICE_COOKIE,
+            value,
+            max_age=DEVICE_LIFETIME,
+            secure=current_app.config["SESSION_COOKIE_SECURE"],
+            httponly=True,
+            samesite="Strict",
+        )
+        return response
