@@ -63,7 +63,13 @@ PYPI = os.environ.get("KILN_PYPI_SIMPLE", "https://pypi.org/simple").rstrip("/")
 # 3.11 in any Debian release these images can come from.
 PYTHON_SUITES = {"3.13": "trixie", "3.14": "forky"}
 PYTHON_PACKAGES = ("passwd", "ca-certificates")
-SERVICE_PACKAGES = ("postgresql-17", "redis-server", "nginx", "wget", "python3-aiosmtpd")
+SERVICE_PACKAGES = (
+    "postgresql-17",
+    "redis-server",
+    "nginx",
+    "wget",
+    "python3-aiosmtpd",
+)
 SERVICES_SUITE = "trixie"
 # Left out of every image: the kernel's file systems, apt's downloads and lists.
 EXCLUDED = (
