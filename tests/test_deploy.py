@@ -449,7 +449,7 @@ def test_compose_file_meets_the_compose_specification(bake: Bake) -> None:
 
 def test_compose_runs_the_selected_processes(bake: Bake) -> None:
     services = compose(bake)["services"]
-    expected = {"migrate", "web", "postgres", "redis"}
+    expected = {"migrate", "web", "proxy", "postgres", "redis"}
     if with_celery(bake):
         expected |= {"worker", "beat", "mailpit"}
     assert set(services) == expected
@@ -458,6 +458,23 @@ def test_compose_runs_the_selected_processes(bake: Bake) -> None:
         assert services[name]["image"] == f"{bake.context['project_slug']}:local"
         assert set(services[name]["environment"]) >= PRODUCTION_VARIABLES, name
         assert services[name]["environment"]["REDIS_URL"] == "redis://redis:6379/0"
+
+
+def test_only_the_proxy_reaches_web(bake: Bake) -> None:
+    services = compose(bake)["services"]
+    web, proxy = services["web"], services["proxy"]
+    # nginx reads each request whole before Gunicorn's threads see it: web
+    # publishes no port of its own, and trusts the one proxy's X-Forwarded-*.
+    assert "ports" not in web
+    assert web["environment"]["TRUSTED_PROXIES"] == "1"
+    assert proxy["ports"] == ["127.0.0.1:${WEB_PORT:-8000}:8080"]
+    assert proxy["volumes"] == ["./deploy/nginx.conf:/etc/nginx/nginx.conf:ro"]
+    assert proxy["depends_on"] == {"web": {"condition": "service_healthy"}}
+    config = (bake.path / "deploy" / "nginx.conf").read_text(encoding="utf-8")
+    assert "listen 8080;" in config
+    assert "server web:8000;" in config
+    published = {name for name, service in services.items() if service.get("ports")}
+    assert published == {"proxy", *(("mailpit",) if with_celery(bake) else ())}
 
 
 def test_every_long_running_service_has_a_healthcheck(bake: Bake) -> None:
