@@ -555,8 +555,11 @@ def test_every_process_boots_serves_and_stops(
     expected = {"database", "redis"} | ({"broker", "workers"} if celery else set())
     report: dict[str, Any] = {}
 
+    # Production shows the checks to a reader of /metrics only.
+    metrics = {"Authorization": f"Bearer {stack.env('web')['METRICS_TOKEN']}"}
+
     def all_pass() -> bool:
-        status, body = fetch_json(stack, "GET", "/health/ready")
+        status, body = fetch_json(stack, "GET", "/health/ready", None, metrics)
         report.update(body or {})
         checks = (body or {}).get("checks", {})
         return status == 200 and all(
@@ -565,6 +568,10 @@ def test_every_process_boots_serves_and_stops(
 
     wait_until(stack, f"ready report passing {sorted(expected)}", all_pass, 60)
     assert set(report["checks"]) == expected, report
+    status, public = fetch_json(stack, "GET", "/health/ready")
+    assert status == 200, public
+    assert public["status"] == "pass", public
+    assert public.get("checks") is None, public
 
     # --- An operator's account through the CLI, then the API with its token.
     account = {"email": "ops@example.com", "password": "kiln-boot-operator-42"}
