@@ -320,6 +320,10 @@ def production_server(
         "POLICY_LIMIT_READ": "100000 per minute",
         "POLICY_LIMIT_WRITE": "100000 per minute",
         "GUNICORN_THREADS": "8",
+        # Production refuses to write mail into its logs; no worker runs here,
+        # so the queued welcome e-mails are never sent.
+        "MAIL_BACKEND": "smtp",
+        "MAIL_HOST": "127.0.0.1",
     }
     bake.run(["uv", "run", "flask", "db", "upgrade"], env=env)
     bake.run(

@@ -1,4 +1,4 @@
-"""`make bench`: the stack's cost against bare Flask, and goodput under overload.
+"""`make bench`: the stack against bare Flask, goodput under overload, backpressure.
 
 Not a test: it prints figures. Each app runs under Gunicorn with gunicorn.conf.py
 and the same settings (APP_ENV=production, one worker of GUNICORN_THREADS
@@ -18,9 +18,12 @@ production, and the stack's are counted after.
    With Redis, limits.py's figures follow: what counting a request against
    its rate limit costs, and how exact the count is at 4 and 16 workers.
 2. Goodput at twice the sustainable load of ``/bench/slow`` (a 50 ms wait on an
-   upstream): an open-loop client sends at a fixed rate, with backpressure
-   (MAX_IN_FLIGHT) and without it; it reports the p99 of admitted requests and
-   the share and latency of shed 503s.
+   upstream): an open-loop client (openloop.py, a new connection per request)
+   sends at a fixed rate, with backpressure (MAX_IN_FLIGHT) and without it; it
+   reports the p99 of admitted requests and the share and latency of shed 503s.
+3. Backpressure on the service itself (backpressure.py): ``wsgi:application``
+   reading an item, under 8 closed-loop clients and then an open loop at twice
+   the rate they were served at, each figure beside its target.
 
 Needs wrk (``apt-get install wrk``, ``brew install wrk``).
 """
@@ -50,6 +53,8 @@ from pathlib import Path
 import redis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from benchmarks.openloop import LoadRun, get_request, open_loop, percentile
 
 PROJECT = Path(__file__).resolve().parent.parent
 CONSTANT = "/bench/constant"
@@ -82,6 +87,8 @@ class Server:
     process: subprocess.Popen[bytes]
     port: int
     log: Path | None
+    # A path it answers 200 on once it is up.
+    probe: str = CONSTANT
 
     @property
     def url(self) -> str:
@@ -100,7 +107,7 @@ class Server:
                     f"{self.process.returncode}{last_lines(self.log)}"
                 )
             try:
-                with urllib.request.urlopen(self.url + CONSTANT, timeout=5):  # noqa: S310 - a local URL
+                with urllib.request.urlopen(self.url + self.probe, timeout=5):  # noqa: S310 - a local URL
                     return
             except OSError:
                 if time.monotonic() > deadline:
@@ -203,19 +210,27 @@ def last_lines(log: Path | None, count: int = 20) -> str:
 
 @dataclass
 class App:
-    """What to serve: ``benchmarks.apps:<app>()`` with `env`; `args` join
-    Gunicorn's command line (GUNICORN_CMD_ARGS); its stderr, the app's log,
-    is appended to `log`, or dropped without one."""
+    """What to serve: ``benchmarks.apps:<app>()`` with `env`, or Gunicorn's
+    app argument `target` (``wsgi:application``, the service) with `app` its
+    label; `args` join Gunicorn's command line (GUNICORN_CMD_ARGS); its stderr,
+    the app's log, is appended to `log`, or dropped without one. It is up once
+    `probe` answers. Gunicorn writes an access log to /dev/null unless
+    `access_log` is False (production writes none: gunicorn.conf.py)."""
 
     app: str
     env: dict[str, str]
     args: str = ""
     log: Path | None = None
+    target: str | None = None
+    probe: str = CONSTANT
+    access_log: bool = True
 
     def launch(self) -> Server:
         port = free_port()
         # No worker recycling: a restart would measure the app's boot, not requests.
-        fixed = f"--bind 127.0.0.1:{port} --access-logfile /dev/null --max-requests 0"
+        fixed = f"--bind 127.0.0.1:{port} --max-requests 0"
+        if self.access_log:
+            fixed += " --access-logfile /dev/null"
         with contextlib.ExitStack() as files:
             stderr = (
                 subprocess.DEVNULL
@@ -229,14 +244,14 @@ class App:
                     "gunicorn",
                     "-c",
                     "gunicorn.conf.py",
-                    f"benchmarks.apps:{self.app}()",
+                    self.target or f"benchmarks.apps:{self.app}()",
                 ],
                 cwd=PROJECT,
                 env=self.env | {"GUNICORN_CMD_ARGS": f"{fixed} {self.args}"},
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        return Server(self.app, process, port, self.log)
+        return Server(self.app, process, port, self.log, self.probe)
 
 
 def stop_all(servers: list[Server]) -> None:
@@ -426,63 +441,11 @@ def print_observability(variants: list[Variant]) -> None:
         )
 
 
-@dataclass
-class Outcome:
-    status: int
-    latency_ms: float
-    finished: float
-
-
-async def one_request(port: int, scheduled: float, timeout: float) -> Outcome:
-    """GET /bench/slow on a new connection; latency from its scheduled start."""
-    loop = asyncio.get_running_loop()
-    try:
-        async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(
-                f"GET {SLOW} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                "Connection: close\r\n\r\n".encode()
-            )
-            await writer.drain()
-            status_line = await reader.readline()
-            await reader.read()
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-        status = int(status_line.split()[1]) if status_line else 0
-    except (TimeoutError, OSError, ValueError, IndexError):
-        status = 0
-    finished = loop.time()
-    return Outcome(status, (finished - scheduled) * 1000, finished)
-
-
-@dataclass
-class OpenLoopRun:
-    started: float
-    outcomes: list[Outcome]
-
-
-async def open_loop(port: int, rate: float, seconds: float) -> OpenLoopRun:
-    """Send at `rate` per second whatever the answers are (no coordinated omission)."""
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.1
-    tasks = []
-    for number in range(int(rate * seconds)):
-        scheduled = start + number / rate
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
-        tasks.append(asyncio.create_task(one_request(port, scheduled, timeout=15.0)))
-    return OpenLoopRun(start, list(await asyncio.gather(*tasks)))
-
-
 def p99(values: list[float]) -> float:
-    if not values:
-        return float("nan")
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[98]
+    return percentile(values, 99)
 
 
-def print_goodput(label: str, run: OpenLoopRun) -> None:
+def print_goodput(label: str, run: LoadRun) -> None:
     """Goodput counts successes over the time until the last answer came back."""
     outcomes = run.outcomes
     admitted = [o.latency_ms for o in outcomes if 200 <= o.status < 300]
@@ -516,7 +479,10 @@ def goodput(env: dict[str, str], options: argparse.Namespace, logs: Path) -> Non
         ("no backpressure", 10_000),
     ):
         with serving("stack", env | {"MAX_IN_FLIGHT": str(bound)}, log=log) as server:
-            run = asyncio.run(open_loop(server.port, offered, options.seconds))
+            request = get_request(SLOW, keep_alive=False)
+            run = asyncio.run(
+                open_loop(server.port, request, offered, options.seconds, timeout=15.0)
+            )
         print_goodput(label, run)
 
 
@@ -557,6 +523,7 @@ def parse_options() -> argparse.Namespace:
     )
     parser.add_argument("--skip-redis", action="store_true")
     parser.add_argument("--skip-goodput", action="store_true")
+    parser.add_argument("--skip-backpressure", action="store_true")
     options = parser.parse_args()
     if options.connections is None:
         options.connections = max(1, options.threads - 1)
@@ -607,6 +574,13 @@ def main() -> None:
             limits.report(env | with_redis, options, logs)
         if not options.skip_goodput:
             goodput(env, options, logs)
+        if not options.skip_backpressure:
+            # Imported here: backpressure.py imports this module.
+            from benchmarks import backpressure  # noqa: PLC0415
+
+            unloaded = min(backpressure.UNLOADED_SECONDS, options.seconds)
+            plan = backpressure.Plan(options.seconds, options.warmup, unloaded)
+            backpressure.report(env, logs, plan)
 
 
 if __name__ == "__main__":

@@ -1038,6 +1038,9 @@ def test_a_sign_up_racing_another_for_the_address_is_a_conflict(
         "victim@-example.com",
         "victim..x@example.com",
         "victim@localhost",
+        # An RFC 2047 encoded word: a mail header decodes it into any text.
+        "=?utf-8?q?attacker=40evil.test=2C?=x1@example.com",
+        "=?utf-8?q?admin?=@example.com",
     ],
 )
 def test_sign_up_takes_exactly_one_mailbox(anonymous: FlaskClient, email: str) -> None:
@@ -1187,11 +1190,20 @@ def test_deactivating_an_account_ends_its_keys_for_good(
     path = f"{AUTH}/users/{account.id}"
     denied = anonymous.patch(path, json={"active": False}, headers=account.headers)
     problem(denied, 403)
-    off = anonymous.patch(path, json={"active": False}, headers=admin.headers)
+    # An admin's API key (even one that may write) manages no accounts, and an
+    # admin cannot disable their own: a signed-in admin's token only.
+    with_key = anonymous.patch(path, json={"active": False}, headers=admin.headers)
+    assert "API key" in problem(with_key, 403)["detail"]
+    admin_token = bearer(tokens_of(anonymous, admin.email)["access_token"])
+    itself = anonymous.patch(
+        f"{AUTH}/users/{admin.id}", json={"active": False}, headers=admin_token
+    )
+    problem(itself, 403)
+    off = anonymous.patch(path, json={"active": False}, headers=admin_token)
     assert body(off)["active"] is False
     refused(anonymous.get(f"{AUTH}/me", headers=account.headers))
     refused(anonymous.get(f"{AUTH}/me", headers=bearer(pair["access_token"])))
-    on = anonymous.patch(path, json={"active": True}, headers=admin.headers)
+    on = anonymous.patch(path, json={"active": True}, headers=admin_token)
     assert body(on)["active"] is True
     # Enabled again: a new sign-in works; the old key and tokens stay dead.
     assert sign_in(anonymous).status_code == 200
@@ -1201,7 +1213,7 @@ def test_deactivating_an_account_ends_its_keys_for_good(
     )
     problem(
         anonymous.patch(
-            f"{AUTH}/users/9999", json={"active": False}, headers=admin.headers
+            f"{AUTH}/users/9999", json={"active": False}, headers=admin_token
         ),
         404,
     )

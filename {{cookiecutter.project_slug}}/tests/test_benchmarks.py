@@ -1,8 +1,10 @@
-"""The benchmark's apps, its reading of wrk and of the server logs, and that
-`make bench` and `make profile` run (they print figures: none is checked)."""
+"""The benchmark's apps, its reading of wrk and of the server logs, its load
+generators and figures, and that `make bench` and `make profile` run (they
+print figures: none is checked)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -12,11 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import apps, limits, profiling
+from benchmarks import apps, backpressure, limits, profiling
+from benchmarks.openloop import (
+    LoadRun,
+    Outcome,
+    closed_loop,
+    get_request,
+    open_loop,
+    percentile,
+)
 from benchmarks.run import (
     PROC,
-    OpenLoopRun,
-    Outcome,
     WrkRun,
     children_cpu_seconds,
     p99,
@@ -210,7 +218,7 @@ def test_goodput_counts_successes_until_the_last_answer(
         Outcome(503, 2.0, finished=1.5),
         Outcome(0, 15000.0, finished=2.0),
     ]
-    print_goodput("label", OpenLoopRun(started=0.0, outcomes=outcomes))
+    print_goodput("label", LoadRun(started=0.0, seconds=2.0, outcomes=outcomes))
     line = capsys.readouterr().out
     assert "goodput    1.0 req/s" in line
     assert "shed  25%" in line
@@ -223,7 +231,7 @@ def test_the_benchmark_runs_end_to_end() -> None:
     """Only the shape is checked: the stack logs each request, the others none."""
     result = bench_command(
         *("benchmarks.run", "--seconds=1", "--warmup=0", "--rounds=1"),
-        *("--skip-redis", "--skip-goodput"),
+        *("--skip-redis", "--skip-goodput", "--skip-backpressure"),
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
@@ -280,3 +288,181 @@ def test_make_profile_writes_a_flame_graph(tmp_path: Path) -> None:
     assert graph.lstrip().startswith("<?xml") or "<svg" in graph[:2000]
     # Samples of the worker's requests, not only of the idle master.
     assert "flask/app.py" in graph
+
+
+def load_run(seconds: float, *groups: tuple[int, int, float]) -> LoadRun:
+    """A run of `seconds` with, for each group, `count` answers of `status`
+    after `latency_ms`."""
+    outcomes = [
+        Outcome(status, latency_ms, finished=1.0)
+        for count, status, latency_ms in groups
+        for _ in range(count)
+    ]
+    return LoadRun(started=0.0, seconds=seconds, outcomes=outcomes)
+
+
+def test_the_backpressure_figures_meet_their_targets(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = backpressure.Figures(
+        unloaded=load_run(2.0, (200, 200, 2.0)),
+        closed=load_run(2.0, (1000, 200, 10.0)),
+        # 5 admitted answers of 955 are slow: beyond the p99.
+        opened=load_run(2.0, (950, 200, 8.0), (5, 200, 1200.0), (1045, 503, 1.0)),
+    )
+    figures.print()
+    assert capsys.readouterr().out.splitlines() == [
+        "  unloaded, 1 client (closed loop, 2.0 s): 100 req/s, p99 2.00 ms",
+        "  closed loop, 8 clients (2.0 s): capacity 500 req/s, p99 10.00 ms",
+        "    shed 0 of 1000 (target 0): met",
+        (
+            "  open loop at 2 x capacity (1000 req/s offered, 2.0 s): shed 52% "
+            "(p99 1.00 ms); requests sent p99 0.00 ms after due"
+        ),
+        (
+            "    goodput 475 req/s (200 within 1 s), 95.0% of capacity "
+            "(target >= 90%): met"
+        ),
+        (
+            "    admitted p99 8.00 ms, 4.00x the unloaded p99 of 2.00 ms "
+            "(target < 5x): met"
+        ),
+    ]
+
+
+def test_the_backpressure_figures_that_miss_their_targets_say_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    figures = backpressure.Figures(
+        unloaded=load_run(1.0, (100, 200, 4.0)),
+        closed=load_run(2.0, (998, 200, 20.0), (2, 503, 0.5)),
+        opened=load_run(
+            2.0,
+            (800, 200, 30.0),
+            # Admitted, but answered too late to count towards goodput.
+            (200, 200, 1500.0),
+            (1000, 503, 2.0),
+            (10, 0, 10000.0),
+            (4, 404, 3.0),
+        ),
+    )
+    figures.print()
+    assert capsys.readouterr().out.splitlines() == [
+        "  unloaded, 1 client (closed loop, 1.0 s): 100 req/s, p99 4.00 ms",
+        "  closed loop, 8 clients (2.0 s): capacity 499 req/s, p99 20.00 ms",
+        "    shed 2 of 1000 (target 0): MISSED",
+        (
+            "  open loop at 2 x capacity (1007 req/s offered, 2.0 s): shed 50% "
+            "(p99 2.00 ms); other answers: 10 unanswered, 4 404; "
+            "requests sent p99 0.00 ms after due"
+        ),
+        (
+            "    goodput 400 req/s (200 within 1 s), 80.2% of capacity "
+            "(target >= 90%): MISSED"
+        ),
+        (
+            "    admitted p99 1500.00 ms, 375.00x the unloaded p99 of 4.00 ms "
+            "(target < 5x): MISSED"
+        ),
+    ]
+    assert percentile([], 99) != percentile([], 99)  # nan: nothing to read
+
+
+class StubServer:
+    """HTTP on 127.0.0.1 answering each request with the next of `statuses`,
+    counting the connections it was sent on."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = statuses
+        self.answered = 0
+        self.connections = 0
+
+    async def handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                status = self.statuses[self.answered % len(self.statuses)]
+                self.answered += 1
+                close = b"connection: close" in head.lower()
+                writer.write(
+                    f"HTTP/1.1 {status} Stub\r\nContent-Length: 2\r\n".encode()
+                    + (b"Connection: close\r\n" if close else b"")
+                    + b"\r\n{}"
+                )
+                await writer.drain()
+                if close:
+                    break
+        except asyncio.IncompleteReadError:
+            pass  # the client closed the connection
+        finally:
+            writer.close()
+
+
+def test_the_load_generators_read_every_answer_on_kept_alive_connections() -> None:
+    stub = StubServer(200, 503)
+
+    async def scenario() -> tuple[LoadRun, int, LoadRun, int, LoadRun, int]:
+        server = await asyncio.start_server(stub.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            closed = await closed_loop(port, get_request("/x"), 2, 0.2)
+            after_closed = stub.connections
+            opened = await open_loop(port, get_request("/x"), 100, 0.3)
+            after_open = stub.connections
+            request = get_request("/x", keep_alive=False)
+            fresh = await open_loop(port, request, 50, 0.2)
+        return closed, after_closed, opened, after_open, fresh, stub.connections
+
+    closed, after_closed, opened, after_open, fresh, after_fresh = asyncio.run(
+        scenario()
+    )
+    # The closed loop: each client on one connection, sending until the end.
+    assert after_closed == 2
+    assert len(closed.outcomes) > 2
+    assert {o.status for o in closed.outcomes} == {200, 503}
+    assert closed.seconds >= 0.2
+    # The open loop: every request due is sent and answered, mostly on
+    # connections opened before.
+    assert len(opened.outcomes) == 30
+    assert opened.failed() == 0
+    assert len(opened.answered(200)) + len(opened.answered(503)) == 30
+    assert all(o.latency_ms >= o.late_ms >= 0 for o in opened.outcomes)
+    assert after_open - after_closed < 30
+    # Without keep-alive, a connection per request.
+    assert len(fresh.outcomes) == after_fresh - after_open == 10
+    assert stub.answered == len(closed.outcomes) + 40
+
+
+def test_the_backpressure_benchmark_runs_end_to_end() -> None:
+    """Only the shape is checked: every figure is printed beside its target."""
+    result = bench_command(
+        "benchmarks.backpressure", "--seconds=1", "--warmup=0", "--unloaded-seconds=1"
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout
+    figure = r"[\d.]+"
+    verdict = r"(met|MISSED)"
+    for shape in (
+        (
+            rf"unloaded, 1 client \(closed loop, {figure} s\): \d+ req/s, "
+            rf"p99 {figure} ms"
+        ),
+        (
+            rf"closed loop, 8 clients \({figure} s\): capacity \d+ req/s, "
+            rf"p99 {figure} ms"
+        ),
+        rf"shed \d+ of \d+ \(target 0\): {verdict}",
+        rf"open loop at 2 x capacity \(\d+ req/s offered, {figure} s\): shed \d+%",
+        (
+            rf"goodput \d+ req/s \(200 within 1 s\), {figure}% of capacity "
+            rf"\(target >= 90%\): {verdict}"
+        ),
+        (
+            rf"admitted p99 {figure} ms, {figure}x the unloaded p99 of {figure} ms "
+            rf"\(target < 5x\): {verdict}"
+        ),
+    ):
+        assert re.search(shape, output), (shape, output)

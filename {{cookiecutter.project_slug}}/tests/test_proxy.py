@@ -268,6 +268,16 @@ def test_the_proxy_answers_its_refusals_as_problems(
         assert too_large.getheader("Content-Type") == "application/problem+json"
         assert body["title"] == "Content Too Large"
         assert body["request_id"] == too_large.getheader("X-Request-ID")
+        # Refusals of the request line itself too (nginx has no URI for those).
+        for line, status in ((b"GET /" + b"x" * 9000, 414), (b"G\x00T /", 400)):
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+                raw.sendall(line + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                answer = http.client.HTTPResponse(raw)
+                answer.begin()
+                refusal = json.loads(answer.read())
+            assert answer.status == status, refusal
+            assert answer.getheader("Content-Type") == "application/problem+json"
+            assert refusal["status"] == status
         # With Gunicorn gone, a problem saying when to try again. (Stopped, not
         # killed: SIGKILL to the master leaves its worker serving a while.)
         assert gunicorn.stop() == 0

@@ -431,6 +431,9 @@ def test_no_welcome_for_a_missing_or_inactive_account(mail_app: Flask) -> None:
         "grp:victim@example.com;",
         "victim@example.com\x85",
         "victim@example.com\u2028",
+        # RFC 2047 encoded words, which the To header would decode.
+        "=?utf-8?q?attacker=40evil.test=2C?=x1@example.com",
+        "=?utf-8?q?a=0D=0Ab?=@example.com",
     ],
 )
 def test_an_address_stored_before_parsing_gets_no_mail(

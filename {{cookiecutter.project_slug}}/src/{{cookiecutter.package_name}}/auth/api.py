@@ -316,7 +316,7 @@ def list_users() -> UserList:
 
 @auth_api_bp.patch("/users/<int:user_id>")
 @protected("auth")
-@require(role="admin")
+@require(scope="write", role="admin")
 @spec.validate(
     resp=Responses(HTTP_200=UserOut, HTTP_404=Problem, **WITH_BODY, **SIGNED_IN),
     tags=TAGS,
@@ -327,10 +327,16 @@ def update_user(user_id: int, json: UserUpdate) -> UserOut:
     """Enable or disable an account (admins only).
 
     Disabling it ends every session, token and API key of the account; enabling
-    it again brings none of them back.
+    it again brings none of them back. A signed-in admin's token only: an API
+    key manages no accounts, and an admin cannot disable their own.
     """
+    principal = signed_in_user()
     user = db.session.get(User, user_id) if user_id < 2**31 else None
     if user is None:
         raise NotFound(f"User {user_id} does not exist.")
+    if user.id == principal.user.id and not json.active:
+        raise Forbidden(
+            "You cannot disable your own account: another admin can, or the CLI."
+        )
     users.set_active(user, active=json.active)
     return UserOut.model_validate(user)

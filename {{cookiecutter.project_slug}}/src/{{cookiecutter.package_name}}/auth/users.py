@@ -95,6 +95,10 @@ def valid_email(email: str) -> str:
         message = f"The e-mail address is not valid: {error}"
         raise AccountError(message, "email") from None
     mailbox = found.normalized
+    if "=?" in mailbox:
+        # An RFC 2047 encoded word: mail headers decode it into any text,
+        # other recipients included, so it is never part of an address here.
+        raise AccountError("The e-mail address is not valid.", "email")
     if len(mailbox) > EMAIL_MAX_LENGTH:
         raise AccountError("The e-mail address is too long.", "email")
     return mailbox

@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 # Controls (C0, DEL, C1) and Unicode line separators: never in an address.
 UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# How an RFC 2047 encoded word starts.
+ENCODED_WORD = "=?"
 
 
 class PermanentMailError(Exception):
@@ -39,7 +41,13 @@ def recipient(to: str) -> str:
     stored before it did ("a@x,root", "a<b@x>", "g:b@x;", a control
     character) must not become several recipients or a broken header.
     """
-    if UNSAFE.search(to) or getaddresses([to]) != [("", to)]:
+    if (
+        UNSAFE.search(to)
+        # An RFC 2047 encoded word, which the header decodes into anything,
+        # other recipients included ("=?utf-8?q?a=40evil.test=2C?=b@x").
+        or ENCODED_WORD in to
+        or getaddresses([to]) != [("", to)]
+    ):
         raise PermanentMailError("the recipient is not exactly one mailbox")
     return to
 
@@ -49,7 +57,10 @@ def message(to: str, subject: str, body: str) -> EmailMessage:
     with a Message-ID."""
     email = EmailMessage()
     email["From"] = current_app.config["MAIL_FROM"]
-    email["To"] = recipient(to)
+    try:
+        email["To"] = recipient(to)
+    except ValueError as error:  # a header the email package cannot write
+        raise PermanentMailError("the recipient is not exactly one mailbox") from error
     email["Subject"] = subject
     email["Date"] = formatdate(localtime=False)
     email["Message-ID"] = make_msgid()
