@@ -172,11 +172,12 @@ def wait_until(
         time.sleep(0.01)
 
 
-def outside_a_window_edge() -> None:
-    """Wait until a fixed one-minute window has at least 10 s left."""
-    into_window = time.time() % 60
-    if into_window > 50:
-        time.sleep(60.5 - into_window)
+def outside_a_window_edge(window: int = 60) -> None:
+    """Wait until a fixed window of `window` seconds (and so the minute, for a
+    window of whole minutes) has at least 10 s left."""
+    into_window = time.time() % window
+    if into_window > window - 10:
+        time.sleep(window + 0.5 - into_window)
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:

@@ -661,12 +661,17 @@ needs_redis = needs_service(
 @pytest.fixture
 def redis_settings() -> Iterator[dict[str, str]]:
     """REDIS_URL and a key prefix of this test's own (its keys are removed after);
-    threads for every concurrent request, so none is shed before it is counted."""
+    threads and slots for every concurrent request, all of them from this one
+    address, and time to wait for one on a loaded machine, so none is shed
+    before it is counted."""
     settings = {
         "REDIS_URL": os.environ.get("TEST_REDIS_URL", ""),
         "REDIS_KEY_PREFIX": f"gunicorn-test-{uuid.uuid4().hex[:12]}",
         "GUNICORN_THREADS": "16",
         "MAX_IN_FLIGHT": "16",
+        "MAX_IN_FLIGHT_PER_CLIENT": "16",
+        "REQUEST_QUEUE_TIMEOUT": "10",
+        "REQUEST_QUEUE_TARGET": "10",
     }
     yield settings
     if settings["REDIS_URL"]:
