@@ -42,6 +42,7 @@ from benchmarks.run import (
     base_env,
     compare,
     forget,
+    measuring_parser,
     redis_env,
     serving,
 )
@@ -227,11 +228,7 @@ def report(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=10, help="per measured run")
-    parser.add_argument("--warmup", type=float, default=3, help="before measuring")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
-    parser.add_argument("--threads", type=int, default=4, help="GUNICORN_THREADS")
+    parser = measuring_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--workers",
         type=int,

@@ -504,12 +504,18 @@ def forget(env: dict[str, str]) -> None:
             client.delete(key)
 
 
-def parse_options() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def measuring_parser(description: str) -> argparse.ArgumentParser:
+    """A parser with the options of every benchmark run in alternating rounds."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--seconds", type=float, default=10, help="per measured run")
     parser.add_argument("--warmup", type=float, default=3, help="before measuring")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     parser.add_argument("--threads", type=int, default=4, help="GUNICORN_THREADS")
+    return parser
+
+
+def parse_options() -> argparse.Namespace:
+    parser = measuring_parser(__doc__.splitlines()[0])
     parser.add_argument(
         "--connections",
         type=int,
