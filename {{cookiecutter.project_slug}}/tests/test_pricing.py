@@ -202,15 +202,17 @@ def test_with_redis_each_worker_process_runs_at_most_one_trial(
     # limit is one trial per process, so at most two calls reach the upstream.
     workers = [
         priced_app(
-            make_app, pricing_upstream.url, reset_timeout=0.3, **redis_target.settings()
+            make_app, pricing_upstream.url, reset_timeout=1.0, **redis_target.settings()
         )
         for _ in range(2)
     ]
     trip(workers[0], pricing_upstream)
     # The second sees the open breaker (and has done its lazy set-ups, which
-    # would hold its requests back while the first's trial ends).
+    # would hold its requests back while the first's trial ends). The reset
+    # timeout leaves a loaded machine a second for those set-ups: at 0.3 s the
+    # breaker was once half-open before the second worker's first request.
     assert workers[1].test_client().get(PRICE).status_code == 503
-    time.sleep(0.35)
+    time.sleep(1.05)
     calls = pricing_upstream.calls
     pricing_upstream.default = Reply(delay=1.2)
     # All eight released together: a trial that ended before the other
