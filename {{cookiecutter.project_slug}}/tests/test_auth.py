@@ -900,6 +900,7 @@ def app_policies(**limits: str) -> dict[str, dict[str, Any]]:
         "login": {"limit": limits.get("login", "5 per minute")},
         "login-account": {"limit": limits.get("login_account", "100 per hour")},
         "register": {"limit": limits.get("register", "5 per minute")},
+        "register-mailbox": {"limit": limits.get("register_mailbox", "100 per hour")},
         "auth": {"limit": "60 per minute"},
     }
 
@@ -1056,7 +1057,7 @@ def test_one_mailbox_is_one_account_whatever_its_domain_spelling(
 ) -> None:
     app = make_app(
         RATE_LIMITS_ENABLED=True,
-        RESILIENCE_POLICIES=app_policies(register="1 per minute"),
+        RESILIENCE_POLICIES=app_policies(register_mailbox="1 per minute"),
         tables=True,
     )
     client = app.test_client()
@@ -1075,6 +1076,28 @@ def test_one_mailbox_is_one_account_whatever_its_domain_spelling(
     )
     problem(second, 429)
     assert sign_in(client, "JO@xn--mller-kva.example.com").status_code == 200
+
+
+def test_others_cannot_use_up_the_sign_ups_of_a_mailbox(make_app: AppFactory) -> None:
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)  # the shipped limits
+    client = app.test_client()
+    mailbox = {"email": "owner@example.com"}
+    # Twenty clients try the owner's mailbox, each once (a refused password):
+    # more than one client's sign-ups in a minute, and in an hour.
+    for number in range(20):
+        attempt = client.post(
+            f"{AUTH}/register",
+            json={**mailbox, "password": "password1234"},
+            environ_base={"REMOTE_ADDR": f"192.0.2.{number + 1}"},
+        )
+        problem(attempt, 422)
+    # The owner, from their own address, still signs up (this was a 429).
+    owner = client.post(
+        f"{AUTH}/register",
+        json={**mailbox, "password": PASSWORD},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert owner.status_code == 201, owner.get_data(as_text=True)
 
 
 @pytest.mark.usefixtures("app")

@@ -717,8 +717,10 @@ class Config:
             # Sign-in, per account, from clients it never signed in on (a
             # known device counts under "login" on its own: auth/attempts.py).
             "login-account": {"limit": "100 per hour", "fail_closed": True},
-            # Sign-up: per client and per e-mail address.
+            # Sign-up: per client address; and per mailbox, far higher, so that
+            # other clients cannot use up its owner's sign-ups (auth/attempts.py).
             "register": {"limit": "5 per minute; 20 per hour", "fail_closed": True},
+            "register-mailbox": {"limit": "100 per hour", "fail_closed": True},
             # The other auth endpoints (refresh, logout, API keys, ...).
             "auth": {"limit": "60 per minute"},
         }

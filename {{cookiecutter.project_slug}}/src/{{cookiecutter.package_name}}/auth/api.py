@@ -14,7 +14,7 @@ from ..extensions import db, spec
 from ..models import ApiKey, User
 from ..models.base import utcnow
 from ..openapi import AUTHENTICATED, LOCATION, Responses
-from ..resilience import client_address, enforce, protected
+from ..resilience import enforce, protected
 from . import attempts, passwords, tokens, users
 from .principal import Principal, Unauthenticated, authenticated, require
 from .schemas import (
@@ -93,12 +93,13 @@ def signed_in_user() -> Principal:
 def register(json: Registration) -> tuple[UserOut, int, dict[str, str]]:
     """Open an account with an e-mail address and a password.
 
-    The address must be one mailbox. Limited per client address and per
-    mailbox (POLICY_LIMIT_REGISTER). A request refused for its password (422)
-    says nothing of the address; only a valid one learns that it is taken (409).
+    The address must be one mailbox. Limited per client address
+    (POLICY_LIMIT_REGISTER) and, far higher, per mailbox
+    (POLICY_LIMIT_REGISTER_MAILBOX), so that others cannot use up the owner's
+    sign-ups. A request refused for its password (422) says nothing of the
+    address; only a valid one learns that it is taken (409).
     """
-    enforce("register", identity=client_address())
-    enforce("register", identity=f"account:{json.email}")
+    attempts.limit_sign_up(json.email)
     try:
         user = users.create_user(json.email, json.password)
     except users.EmailTaken as taken:

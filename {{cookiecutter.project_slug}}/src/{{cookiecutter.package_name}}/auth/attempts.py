@@ -18,6 +18,13 @@ attempt counts against:
 
 The cookie proves nothing by itself: it is no credential, only which count
 an attempt goes to, and it still needs the password.
+
+Sign-ups count the same way, but no device knows a mailbox that has no
+account yet. So an attempt counts against its client address
+(POLICY_LIMIT_REGISTER, 5 a minute and 20 an hour), and against the mailbox
+it names only with a far higher threshold (POLICY_LIMIT_REGISTER_MAILBOX,
+100 an hour) that no one address can reach: a few clients trying someone's
+mailbox do not keep its owner from signing up with it.
 """
 
 from __future__ import annotations
@@ -77,6 +84,13 @@ def limit_sign_in(email: str) -> None:
         enforce("login", identity=f"device:{device}")
     else:
         enforce("login-account", identity=f"account:{email}")
+
+
+def limit_sign_up(email: str) -> None:
+    """Count a sign-up attempt for the mailbox `email` (valid_email's spelling);
+    429 when one of its limits is spent."""
+    enforce("register", identity=client_address())
+    enforce("register-mailbox", identity=f"mailbox:{email}")
 
 
 def remember_device(email: str) -> None:

@@ -26,7 +26,7 @@ from ..auth import attempts, authenticated, require, users
 from ..database import handle_database_error
 from ..extensions import csrf, db
 from ..models import ApiKey, User
-from ..resilience import client_address, enforce
+from ..resilience import enforce
 from .forms import (
     LoginForm,
     LogoutForm,
@@ -125,8 +125,7 @@ def register() -> ResponseReturnValue:
     try:
         # One mailbox, in its one spelling: what the limit counts.
         email = users.valid_email(form.email.data or "")
-        enforce("register", identity=client_address())
-        enforce("register", identity=f"account:{email}")
+        attempts.limit_sign_up(email)
         user = users.create_user(email, form.password.data or "")
     except users.AccountError as refused:
         form[refused.field].errors = [str(refused)]
