@@ -39,7 +39,7 @@ from {{ cookiecutter.package_name }}.models import (
 )
 from {{ cookiecutter.package_name }}.models.base import utcnow
 
-from conftest import PASSWORD, AppFactory, add_account, problem
+from conftest import PASSWORD, AppFactory, add_account, outside_a_window_edge, problem
 
 AUTH = "/api/v1/auth"
 ITEMS = "/api/v1/items"
@@ -1174,11 +1174,17 @@ def test_sign_up_grants_a_user_and_no_more(anonymous: FlaskClient) -> None:
 # --- API keys: expiry, recent sign-in, revocation, a cap ---------------------------
 
 
-def create_key(client: FlaskClient, access_token: str, **fields: Any) -> Any:
+def create_key(
+    client: FlaskClient,
+    access_token: str,
+    environ_base: dict[str, str] | None = None,
+    **fields: Any,
+) -> Any:
     return client.post(
         f"{AUTH}/api-keys",
         json={"name": "script", "scopes": ["read", "write"], **fields},
         headers=bearer(access_token),
+        environ_base=environ_base or {},
     )
 
 
@@ -1325,18 +1331,41 @@ def test_creating_a_key_needs_a_recent_sign_in(
 def test_a_password_given_for_a_key_counts_as_a_sign_in_attempt(
     make_app: AppFactory,
 ) -> None:
-    app = make_app(
-        RATE_LIMITS_ENABLED=True,
-        RESILIENCE_POLICIES=app_policies(login="2 per minute"),
-        tables=True,
-    )
+    app = make_app(RATE_LIMITS_ENABLED=True, tables=True)  # the shipped limits
     add_account(app)
     client = app.test_client()
-    pair = tokens_of(client)
-    for _ in range(2):
+    pair = tokens_of(client)  # the address's first of five attempts a minute
+    for _ in range(3):
         guess = create_key(client, pair["access_token"], password="a guess of mine")
-        assert guess.status_code == 422
+        assert problem(guess, 422)["errors"][0]["field"] == "password"
+    assert sign_in(client, password="a wrong guess").status_code == 401
+    # Sign-ins and passwords given for a key share one count, and one limit:
+    # a stolen token brings no guesses of its own.
     problem(create_key(client, pair["access_token"], password=PASSWORD), 429)
+    problem(sign_in(client), 429)
+
+
+def test_passwords_for_keys_count_against_the_account_as_sign_ins_do(
+    make_app: AppFactory,
+) -> None:
+    outside_a_window_edge(3600)
+    policies = app_policies(login_account="3 per hour")
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
+    add_account(app)
+    token = tokens_of(app.test_client())["access_token"]  # the account's first
+    # A stolen token, used from other addresses (and by no known device).
+    thief = app.test_client()
+    guess = {"password": "a guess of mine"}
+    first = create_key(thief, token, **guess, environ_base={"REMOTE_ADDR": "192.0.2.1"})
+    problem(first, 422)
+    assert sign_in_from(thief, "192.0.2.2", "a guess of mine").status_code == 401
+    # The account's shared limit (3) is spent, by both kinds of guess together.
+    limited = create_key(
+        thief, token, **guess, environ_base={"REMOTE_ADDR": "192.0.2.3"}
+    )
+    problem(limited, 429)
+    assert limited.headers["RateLimit-Limit"] == "3"
+    problem(sign_in_from(thief, "192.0.2.4", PASSWORD), 429)
 
 
 def test_live_keys_per_user_are_capped(make_app: AppFactory) -> None:

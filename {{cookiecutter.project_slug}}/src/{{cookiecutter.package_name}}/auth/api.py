@@ -14,7 +14,7 @@ from ..extensions import db, spec
 from ..models import ApiKey, User
 from ..models.base import utcnow
 from ..openapi import AUTHENTICATED, LOCATION, Responses
-from ..resilience import enforce, protected
+from ..resilience import protected
 from . import attempts, passwords, tokens, users
 from .principal import Principal, Unauthenticated, authenticated, require
 from .schemas import (
@@ -262,10 +262,12 @@ def confirm_sign_in(principal: Principal, password: str | None) -> None:
 
     A stolen access token (it lives JWT_ACCESS_TTL) or a refreshed one is
     not enough to mint a key that would outlive it. A password given here is
-    a guess like any other: it counts against the caller's sign-in limit.
+    a guess like any other: it counts with the sign-ins, against the same
+    limits (per address, and per account or known device), never a quota of
+    its own.
     """
     if password is not None:
-        enforce("login")
+        attempts.limit_sign_in(principal.user.email)
         if not passwords.verify_password(principal.user.password_hash, password):
             raise invalid("password", "The password is not correct.")
         return
