@@ -9,17 +9,27 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from flask import Flask, request
 from werkzeug.exceptions import InternalServerError
 
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
-from {{ cookiecutter.package_name }}.resilience import backpressure
+from {{ cookiecutter.package_name }}.resilience import (
+    backpressure,
+    events,
+    queueing,
+)
 from {{ cookiecutter.package_name }}.resilience.backpressure import (
+    ADMITTED,
+    BUSY,
+    IN_FLIGHT_POLICY,
     QUEUE_WAIT_KEY,
+    SHED,
     STAY_SHARE,
     Admission,
 )
@@ -66,7 +76,7 @@ class Worker:
         at once) or shed, as a worker decides it."""
         if self.admission.late(waited):
             return False
-        if not self.admission.enter(client, waited):
+        if self.admission.enter(client, waited) != ADMITTED:
             return False
         self.admission.leave(client)
         return True
@@ -148,15 +158,17 @@ def test_an_idle_worker_is_not_overloaded() -> None:
 def test_one_client_holds_all_slots_but_one() -> None:
     worker = Worker()
     admission = worker.admission
-    assert admission.enter("ip:10.0.0.1")
-    assert admission.enter("ip:10.0.0.1")
-    # Its third request finds no slot it may take: shed at the end of its
-    # budget (spent already, on this clock), while another client gets one.
-    assert not admission.enter("ip:10.0.0.1", waited=TIMEOUT)
-    assert admission.enter("ip:10.0.0.2", waited=TIMEOUT * 0.5)
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    # Its third request finds no slot it may take: refused as that client's
+    # own excess at the end of its budget (spent already, on this clock),
+    # while another client gets one.
+    assert admission.enter("ip:10.0.0.1", waited=TIMEOUT) == BUSY
+    assert admission.enter("ip:10.0.0.2", waited=TIMEOUT * 0.5) == ADMITTED
     assert admission.holders == {"ip:10.0.0.1": 2, "ip:10.0.0.2": 1}
-    # The slots are all taken: a third client is shed too.
-    assert not admission.enter("ip:10.0.0.3", waited=TIMEOUT)
+    # The slots are all taken: a third client is shed.
+    assert admission.enter("ip:10.0.0.3", waited=TIMEOUT) == SHED
+    assert (admission.busy, admission.shed) == (1, 1)
     for client in ("ip:10.0.0.1", "ip:10.0.0.1", "ip:10.0.0.2"):
         admission.leave(client)
     assert (admission.active, admission.holders) == (0, {})
@@ -166,25 +178,110 @@ def test_one_client_holds_all_slots_but_one() -> None:
 
 def test_a_request_waits_for_a_slot_within_its_budget() -> None:
     admission = Admission(limit=1, per_client=1, timeout=JOIN, target=TARGET)
-    assert admission.enter("ip:10.0.0.1")
-    admitted: list[bool] = []
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    admitted: list[str] = []
     waiting = threading.Thread(
         target=lambda: admitted.append(admission.enter("ip:10.0.0.2"))
     )
     waiting.start()
     admission.leave("ip:10.0.0.1")
     waiting.join(JOIN)
-    assert admitted == [True]
+    assert admitted == [ADMITTED]
     assert admission.shed == 0
+    assert admission.waiting == {}
 
 
 def test_a_request_that_gets_no_slot_within_its_budget_is_shed() -> None:
     # A real, short budget: the slot is never given back.
     admission = Admission(limit=1, per_client=1, timeout=0.05, target=0.01)
-    assert admission.enter("ip:10.0.0.1")
-    assert not admission.enter("ip:10.0.0.2")
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.2") == SHED
     assert admission.shed == 1
     assert admission.overloaded()
+
+
+def test_one_clients_excess_is_never_shed_nor_overloads_the_worker() -> None:
+    worker = Worker()
+    admission = worker.admission
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    # A burst of its excess, each having waited beyond the budget: refused as
+    # its own, counted apart from the shed ones.
+    for _ in range(50):
+        assert admission.enter("ip:10.0.0.1", waited=TIMEOUT * 2) == BUSY
+    assert (admission.busy, admission.shed) == (50, 0)
+    assert not admission.overloaded()
+    # Another client still gets the slot kept for it, on the keeping-up budget.
+    assert admission.budget() == TIMEOUT
+    assert admission.enter("ip:10.0.0.2") == ADMITTED
+
+
+def test_an_excess_request_waits_for_its_clients_slot_if_nobody_waits() -> None:
+    admission = Admission(limit=2, per_client=1, timeout=JOIN, target=TARGET)
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    decided: list[str] = []
+    second = threading.Thread(
+        target=lambda: decided.append(admission.enter("ip:10.0.0.1"))
+    )
+    second.start()
+    # Its first request ends: the second takes the client's slot.
+    admission.leave("ip:10.0.0.1")
+    second.join(JOIN)
+    assert decided == [ADMITTED]
+    assert (admission.busy, admission.shed) == (0, 0)
+
+
+def test_an_excess_request_gives_way_to_another_client_waiting_for_a_slot() -> None:
+    admission = Admission(limit=2, per_client=1, timeout=JOIN, target=TARGET)
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.2") == ADMITTED
+    # A third client waits for room (its budget is long)...
+    third: list[str] = []
+    waiter = threading.Thread(
+        target=lambda: third.append(admission.enter("ip:10.0.0.3"))
+    )
+    waiter.start()
+    try:
+        wait_for(lambda: "ip:10.0.0.3" in admission.waiting)
+        # ...so the first client's excess gives its thread up at once, well
+        # within its own long budget.
+        assert admission.enter("ip:10.0.0.1") == BUSY
+    finally:
+        admission.leave("ip:10.0.0.2")
+        waiter.join(JOIN)
+    assert third == [ADMITTED]
+    assert (admission.busy, admission.shed) == (1, 0)
+
+
+def test_an_excess_request_gives_way_to_connections_waiting_for_a_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    admission = Admission(limit=2, per_client=1, timeout=JOIN, target=TARGET)
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    # Gunicorn's pool has a connection waiting for a thread.
+    monkeypatch.setattr(backpressure, "queued", lambda: 1)
+    assert admission.enter("ip:10.0.0.1") == BUSY
+
+
+def test_the_pool_counts_the_jobs_waiting_for_a_thread() -> None:
+    release = threading.Event()
+    before = queueing.queued()
+    with TimedThreadPool(max_workers=1) as pool:
+        blocker = pool.submit(release.wait, JOIN)
+        wait_for(lambda: queueing.queued() == before)
+        pool.submit(lambda: None)
+        assert queueing.queued() == before + 1
+        release.set()
+        assert blocker.result(JOIN)
+    assert queueing.queued() == before
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    """Until `condition` holds (a thread got where the test needs it)."""
+    deadline = time.monotonic() + JOIN
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        time.sleep(0.001)
 
 
 def test_the_pool_tells_each_job_how_long_it_queued() -> None:
@@ -339,6 +436,19 @@ def test_probes_take_no_slot(slow_app: SlowApp) -> None:
     assert slow_app.app.extensions[backpressure.EXTENSION_KEY].shed == 0
 
 
+def test_static_files_take_no_slot(slow_app: SlowApp, tmp_path: Path) -> None:
+    (tmp_path / "site.css").write_text("body { margin: 0; }\n", encoding="utf-8")
+    slow_app.app.static_folder = str(tmp_path)
+    slow_app.hold_the_slot()
+    # A page's stylesheet and scripts come side by side with its other
+    # requests: served at once, neither queued for a slot nor refused.
+    with slow_app.app.test_client().get("/static/site.css") as answer:
+        assert answer.status_code == 200
+        assert answer.get_data() == b"body { margin: 0; }\n"
+    admission = slow_app.app.extensions[backpressure.EXTENSION_KEY]
+    assert (admission.active, admission.busy, admission.shed) == (1, 0, 0)
+
+
 def test_a_slow_body_holds_no_slot(slow_app: SlowApp) -> None:
     # The only slot is free while a client is still sending its body: the body
     # is read before the request takes a slot.
@@ -434,11 +544,27 @@ def test_one_client_cannot_take_every_slot(make_app: AppFactory) -> None:
     holder.start()
     try:
         assert entered.wait(JOIN)
-        # MAX_IN_FLIGHT_PER_CLIENT is MAX_IN_FLIGHT - 1: its second is shed...
-        problem(app.test_client().get(ITEMS, **hog), 503)
-        # ...while the last slot serves another client.
+        # MAX_IN_FLIGHT_PER_CLIENT is MAX_IN_FLIGHT - 1: its excess is its
+        # own, a 429 (after its budget: nobody else waits here), never shed...
+        policies: list[str] = []
+
+        def note(_sender: Flask, *, policy: str, **_extra: object) -> None:
+            policies.append(policy)
+
+        with events.rate_limited.connected_to(note, app):
+            for _ in range(5):
+                excess = app.test_client().get(ITEMS, **hog)
+                body = problem(excess, 429)
+                assert excess.headers["Retry-After"] == "1"
+                assert "in progress at once" in body["detail"]
+        assert policies == [IN_FLIGHT_POLICY] * 5
+        admission = app.extensions[backpressure.EXTENSION_KEY]
+        assert (admission.busy, admission.shed) == (5, 0)
+        # ...so the worker is not overloaded: the last slot serves another
+        # client, and readiness holds.
         other = {"environ_base": {"REMOTE_ADDR": "10.0.0.2"}}
         assert app.test_client().get(ITEMS, **other).status_code == 200
+        assert app.test_client().get("/health/ready", **other).status_code == 200
     finally:
         release.set()
         holder.join(JOIN)

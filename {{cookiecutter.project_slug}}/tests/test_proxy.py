@@ -44,6 +44,8 @@ CLIENT_TIMEOUT = 2.0
 SLOW_HEADERS = 40
 SLOW_BODIES = 8
 ATTACK_SECONDS = 8.0
+# deploy/nginx.conf's limit_conn: requests in progress per client address.
+IN_PROGRESS_PER_ADDRESS = 32
 START_TIMEOUT = 30.0
 
 pytestmark = pytest.mark.standalone
@@ -246,6 +248,43 @@ def test_slow_clients_cannot_starve_the_service_behind_the_proxy(
     # Every one answered, within the client's 2 s timeout (0: it gave up).
     assert {answer.status for answer in probes} == {200}, probes
     assert {answer.status for answer in reads} == {200}, reads
+
+
+@needs_nginx
+def test_the_proxy_caps_the_requests_in_progress_per_address(
+    gunicorn: Any, tmp_path: Path
+) -> None:
+    with nginx(gunicorn.port, tmp_path) as port, contextlib.ExitStack() as open_:
+        # Bodies still arriving: each is a request in progress at the proxy.
+        for _ in range(IN_PROGRESS_PER_ADDRESS):
+            body = open_.enter_context(
+                socket.create_connection(("127.0.0.1", port), timeout=10)
+            )
+            body.sendall(
+                b"POST /api/v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+        # nginx counts a connection once it has read its request head; the
+        # bodies time out after client_body_timeout (10 s): ask until then.
+        deadline = time.monotonic() + 8.0
+        while True:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            connection.request("GET", "/health/live")
+            answer = connection.getresponse()
+            body = answer.read()
+            connection.close()
+            if answer.status == 429:
+                break
+            assert answer.status == 200, body
+            assert time.monotonic() < deadline, "the proxy never refused"
+            time.sleep(0.05)
+        problem = json.loads(body)
+        assert answer.getheader("Retry-After") == "1"
+        assert answer.getheader("Content-Type") == "application/problem+json"
+        assert problem["title"] == "Too Many Requests"
+        assert "in progress at once" in problem["detail"]
+    # (The slow bodies are closed: the address is served again; the attack
+    # test shows 8 slow bodies leave room for every other request.)
 
 
 @needs_nginx

@@ -23,12 +23,23 @@ A request whose budget is spent before the app sees it gets a 503 made in
 advance (``EarlyShed``), far cheaper than a request through Flask, so that
 shedding the excess of twice the capacity leaves the worker to the admitted
 requests; shed requests are counted (``load_shed``), and each overload is
-logged once, when it starts. One client address holds at most
-MAX_IN_FLIGHT_PER_CLIENT slots (all but one by default), so that one client
-cannot take them all. A request takes its slot in the app's last
+logged once, when it starts.
+
+One client address holds at most MAX_IN_FLIGHT_PER_CLIENT slots (all but one
+by default), so that one client cannot take them all. A request over its
+client's share is that client's own excess, not the worker's: it may wait for
+one of its client's requests to end, but only while nobody else waits (for a
+slot, or for a thread: queueing.queued), and it gets a 429 (``BUSY``) at once
+otherwise; it is never counted as shed and never makes the worker overloaded,
+so that one client's burst cannot shed other clients or fail readiness. (What
+bounds one address's share of the threads themselves is the proxy in front:
+deploy/nginx.conf caps the requests in flight per address.)
+
+A request takes its slot in the app's last
 before_request hook, once its body has arrived and its rate limit has let it
 through: a slow upload or a 429 holds no slot. Views marked ``never_shed``
-(the probes, /metrics) take no slot and are never shed.
+(the probes, /metrics) take no slot and are never shed; static files take
+no slot either (they are shed before routing like any other request).
 """
 
 from __future__ import annotations
@@ -42,15 +53,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from flask import Flask, request
-from werkzeug.exceptions import ServiceUnavailable
+from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from ..errors import PROBLEM_MEDIA_TYPE
 from . import events
 from .limits import client_address
-from .queueing import take_queue_wait
+from .queueing import queued, take_queue_wait
 from .views import routed_view
 
 if TYPE_CHECKING:
@@ -68,6 +79,20 @@ OVERLOAD_HOLD = 1.0
 STAY_SHARE = 0.05
 RETRY_AFTER = 1
 AT_CAPACITY = "The server is at capacity; try again in a moment."
+CLIENT_BUSY = (
+    "Too many requests from this client are in progress at once; "
+    "try again when one has been answered."
+)
+# The policy label of those refusals (rate_limited{policy=...}).
+IN_FLIGHT_POLICY = "in-flight-per-client"
+# Seconds between two looks of a request over its client's share at whether
+# anyone else waits (a slot given back wakes it at once).
+BUSY_POLL = 0.005
+# What enter() decides.
+Decision = Literal["admitted", "shed", "busy"]
+ADMITTED: Decision = "admitted"
+SHED: Decision = "shed"
+BUSY: Decision = "busy"
 # The route label of requests shed before routing (load_shed{route=...}).
 EARLY_ROUTE = "before-routing"
 # The problem document of an early shed, with %s for its request id.
@@ -98,6 +123,13 @@ class LoadShed(ServiceUnavailable):
         super().__init__(AT_CAPACITY, retry_after=RETRY_AFTER)
 
 
+class ClientBusy(TooManyRequests):
+    """A 429 answered at once: the client holds its share of the slots."""
+
+    def __init__(self) -> None:
+        super().__init__(CLIENT_BUSY, retry_after=RETRY_AFTER)
+
+
 class Admission:
     """One worker's slots, and whether it is overloaded.
 
@@ -119,8 +151,12 @@ class Admission:
         self.clock: Callable[[], float] = time.monotonic
         self.active = 0
         self.shed = 0
-        # Slots held, by client address.
+        # Requests refused for being over their client's share.
+        self.busy = 0
+        # Slots held, by client address; requests waiting for the worker's
+        # room (not for their client's share), by client address.
         self.holders: dict[str, int] = {}
+        self.waiting: dict[str, int] = {}
         self.overloaded_until = -math.inf
         # The current window: when it ends, requests admitted and shed in it.
         self.window_end = -math.inf
@@ -153,28 +189,54 @@ class Admission:
             self._log_overload(budget)
         return True
 
-    def enter(self, client: str, waited: float = 0.0) -> bool:
+    def enter(self, client: str, waited: float = 0.0) -> Decision:
         """Take a slot for `client`, waiting for one within what is left of the
-        budget after `waited`; False, and counted as shed, if none came."""
+        budget after `waited`: ADMITTED; SHED (counted) if the worker had no
+        room in time; BUSY if `client` holds its share and others wait, or
+        held it until the budget was spent."""
         budget = self.budget()
         with self._changed:
             deadline = self.clock() + budget - waited
-            while not self._has_room(client):
+            while True:
+                held = self.holders.get(client, 0)
+                if held < self.per_client and self.active < self.limit:
+                    self.active += 1
+                    self.holders[client] = held + 1
+                    self._count(shed=False)
+                    return ADMITTED
                 left = deadline - self.clock()
-                # wait() says False once `left` has passed without a release.
-                if (left <= 0 or not self._changed.wait(left)) and not (
-                    self._has_room(client)
-                ):
+                if held >= self.per_client:
+                    # Its client's own excess: it waits only while that costs
+                    # nobody else a thread, and is never counted as shed.
+                    if left <= 0 or self._others_wait(client):
+                        self.busy += 1
+                        return BUSY
+                    self._changed.wait(min(left, BUSY_POLL))
+                    continue
+                if left <= 0:
                     began = self._count(shed=True)
                     break
-            else:
-                self.active += 1
-                self.holders[client] = self.holders.get(client, 0) + 1
-                self._count(shed=False)
-                return True
+                self.waiting[client] = self.waiting.get(client, 0) + 1
+                try:
+                    self._changed.wait(left)
+                finally:
+                    self._stop_waiting(client)
         if began:
             self._log_overload(budget)
-        return False
+        return SHED
+
+    def _others_wait(self, client: str) -> bool:
+        """Whether a request of another client waits for room, or any request
+        for a thread (the lock held)."""
+        waiting = self.waiting
+        return queued() > 0 or len(waiting) > (1 if client in waiting else 0)
+
+    def _stop_waiting(self, client: str) -> None:
+        count = self.waiting[client]
+        if count == 1:
+            del self.waiting[client]
+        else:
+            self.waiting[client] = count - 1
 
     def leave(self, client: str) -> None:
         """Give `client`'s slot back."""
@@ -188,10 +250,6 @@ class Admission:
                 self.holders[client] = held - 1
             self.active -= 1
             self._changed.notify_all()
-
-    def _has_room(self, client: str) -> bool:
-        held = self.holders.get(client, 0)
-        return self.active < self.limit and held < self.per_client
 
     def _carries_on(self, now: float) -> bool:
         """Whether an overloaded window that ended at most `hold` ago shed at
@@ -304,13 +362,26 @@ def shed_answer(start_response: StartResponse, request_id: str) -> list[bytes]:
     return [body]
 
 
+def takes_no_slot() -> bool:
+    """Whether the request is for a never_shed view or a static file (read
+    from local disk at once; a browser fetches several side by side)."""
+    if getattr(routed_view(), NEVER_SHED_ATTRIBUTE, False):
+        return True
+    endpoint = request.endpoint or ""
+    return endpoint == "static" or endpoint.endswith(".static")
+
+
 def admit(admission: Admission) -> None:
     """before_request, the app's last: take a slot, or shed the request."""
-    if getattr(routed_view(), NEVER_SHED_ATTRIBUTE, False):
+    if takes_no_slot():
         return
     environ = request.environ
     client = client_address()
-    if not admission.enter(client, environ.get(QUEUE_WAIT_KEY, 0.0)):
+    decision = admission.enter(client, environ.get(QUEUE_WAIT_KEY, 0.0))
+    if decision == BUSY:
+        events.report(events.rate_limited, policy=IN_FLIGHT_POLICY)
+        raise ClientBusy
+    if decision == SHED:
         events.report(events.load_shed)
         raise LoadShed
     environ[SLOT_KEY] = (admission, client)

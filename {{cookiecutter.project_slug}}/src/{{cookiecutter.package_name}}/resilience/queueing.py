@@ -10,8 +10,13 @@ before it reads the request: a client that is slow to send is not counted as
 queueing (the proxy in front buffers those, and the app reads the body before
 a request takes a slot).
 
+``queued`` says how many connections wait for a thread of this process right
+now: a request over its client's share of slots gives its thread up at once
+when anyone else waits (backpressure.py).
+
 gunicorn.conf.py selects the worker. Under another server (``flask run``, the
-test client) there is no such wait to read, and ``take_queue_wait`` says None.
+test client) there is no such wait to read: ``take_queue_wait`` says None and
+``queued`` 0.
 """
 
 from __future__ import annotations
@@ -25,6 +30,16 @@ from typing import Any
 from gunicorn.workers.gthread import ThreadWorker
 
 _waits = threading.local()
+# Jobs submitted to and started by this process's pools (queued is the
+# difference). Each count has one writer at a time: the worker's main loop
+# submits, and the lock orders the pool threads' starts.
+_counts = {"submitted": 0, "started": 0}
+_started = threading.Lock()
+
+
+def queued() -> int:
+    """Jobs (connections) waiting for a thread of this process, now."""
+    return _counts["submitted"] - _counts["started"]
 
 
 def take_queue_wait() -> float | None:
@@ -42,6 +57,8 @@ def _run_timed(
     queued_at: float, job: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
     _waits.seconds = time.monotonic() - queued_at
+    with _started:
+        _counts["started"] += 1
     return job(*args, **kwargs)
 
 
@@ -51,6 +68,7 @@ class TimedThreadPool(ThreadPoolExecutor):
     def submit(
         self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
     ) -> Future[Any]:
+        _counts["submitted"] += 1
         return super().submit(_run_timed, time.monotonic(), fn, *args, **kwargs)
 
 
