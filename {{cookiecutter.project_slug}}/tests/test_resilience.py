@@ -22,7 +22,7 @@ from {{ cookiecutter.package_name }}.extensions import db
 from {{ cookiecutter.package_name }}.models import Item, User
 from {{ cookiecutter.package_name }}.resilience import exempt, protected
 
-from conftest import AppFactory, add_account, problem, signed_in
+from conftest import PASSWORD, AppFactory, add_account, problem, signed_in
 
 ITEMS = "/api/v1/items"
 
@@ -366,13 +366,32 @@ def test_server_errors_are_not_kept(make_app: AppFactory) -> None:
     assert len(calls) == 2
 
 
-def test_keys_are_scoped_to_the_caller(app: Flask) -> None:
+def test_keys_are_scoped_to_the_user_whatever_their_credential(app: Flask) -> None:
     key = {"Idempotency-Key": "shared-name"}
-    for email in ("one@example.com", "two@example.com"):
-        caller = add_account(app, email).headers | key
-        response = app.test_client().post(ITEMS, json={"name": "Mine"}, headers=caller)
-        assert response.status_code == 201
-        assert "Idempotent-Replayed" not in response.headers
+    owner = add_account(app, "one@example.com")
+    with app.app_context():
+        user = db.session.get(User, owner.id)
+        assert user is not None
+        _, second_key = users.create_api_key(user, "second", ["read", "write"])
+    client = app.test_client()
+    signed = client.post(
+        "/api/v1/auth/token", json={"email": owner.email, "password": PASSWORD}
+    )
+    token = {"Authorization": f"Bearer {signed.json['access_token']}"}  # type: ignore[index]
+    first = client.post(ITEMS, json={"name": "Mine"}, headers=owner.headers | key)
+    assert first.status_code == 201
+    # The retry carries another key of the user's, or a token: it finds the
+    # first request's answer, and the item is made once.
+    for credential in ({"X-API-Key": second_key}, token):
+        again = client.post(ITEMS, json={"name": "Mine"}, headers=credential | key)
+        assert again.headers.get("Idempotent-Replayed") == "true"
+        assert again.get_data() == first.get_data()
+    assert count_items(app) == 1
+    # Another user's key of the same name is another key.
+    other = add_account(app, "two@example.com").headers | key
+    response = client.post(ITEMS, json={"name": "Mine"}, headers=other)
+    assert response.status_code == 201
+    assert "Idempotent-Replayed" not in response.headers
     assert count_items(app) == 2
 
 

@@ -20,7 +20,6 @@ from .principal import (
     Sessions,
     accept_sessions,
     authenticated,
-    client_identity,
     client_owner,
     current_principal,
     known_principal,
@@ -32,7 +31,7 @@ from .users import user_registered
 def init_app(app: Flask) -> None:
     """Load the signing keys; let the rate limiter count verified callers."""
     app.extensions["auth_keys"] = signing_keys(app)
-    identify_clients(app, client_identity, client_owner)
+    identify_clients(app, client_owner)
     register_commands(app)
 
 

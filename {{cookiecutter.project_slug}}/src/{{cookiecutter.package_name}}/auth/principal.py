@@ -57,16 +57,10 @@ class Principal:
     signed_in_at: datetime | None = None
 
     @property
-    def identity(self) -> str:
-        """Who is calling: idempotency keys are scoped to it."""
-        if self.api_key is not None:
-            return f"key:{self.api_key.prefix}"
-        return f"user:{self.user.id}"
-
-    @property
     def owner(self) -> str:
-        """Whose rate limits the call counts against: the user's, whichever of
-        their credentials it carries (more keys bring no more quota)."""
+        """Whose rate limits and idempotency keys the call counts against: the
+        user's, whichever of their credentials it carries (more keys bring no
+        more quota, and a retry with another one finds its first request)."""
         return f"user:{self.user.id}"
 
 
@@ -190,23 +184,13 @@ def from_bearer(header: str) -> Principal:
     )
 
 
-def client_identity() -> str | None:
-    """The rate limiter's view of the caller: a verified identity, or None.
+def client_owner() -> str | None:
+    """Whose quota the rate limiter counts the caller against, or None.
 
     None (the client's address) while the database cannot say: the view's own
     lookup then answers 503, and the limiter never takes a database error for
     a storage failure of its own.
     """
-    try:
-        principal = current_principal()
-    except SQLAlchemyError:
-        return None
-    return None if principal is None else principal.identity
-
-
-def client_owner() -> str | None:
-    """Whose quota the rate limiter counts the caller against, or None (see
-    client_identity)."""
     try:
         principal = current_principal()
     except SQLAlchemyError:

@@ -5,9 +5,10 @@ key for its caller; its answer is stored, and a retry with the same key and the
 same request (method, path, query and body) gets that answer again, marked
 ``Idempotent-Replayed: true``. The same key with a different request is a 422;
 a retry while the first is still running is a 409. 5xx answers are not kept,
-so such a request can be retried. Keys are scoped to the caller (its verified
-identity or address), expire after IDEMPOTENCY_TTL seconds, and live in Redis
-with REDIS_URL, else in memory. While Redis is unreachable, requests with a key
+so such a request can be retried. Keys are scoped to the caller's user (any of
+their tokens, sessions and API keys: a retry may carry a refreshed token), else
+to the client's address; they expire after IDEMPOTENCY_TTL seconds, and live in
+Redis with REDIS_URL, else in memory. While Redis is unreachable, requests with a key
 get 503 (see IdempotencyKeys): running them could run them twice.
 """
 
@@ -29,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from werkzeug.exceptions import Conflict, ServiceUnavailable
 
 from ..errors import FieldError, RequestValidationError, field_errors
-from .limits import client_identity, scope_of
+from .limits import quota_identity, scope_of
 from .store import RedisStore
 
 EXTENSION_KEY = "idempotency"
@@ -210,7 +211,7 @@ def fingerprint() -> str:
 
 
 def storage_key(idempotency_key: str) -> str:
-    scope = scope_of(client_identity())
+    scope = scope_of(quota_identity())
     key_hash = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
     prefix = current_app.config["REDIS_KEY_PREFIX"]
     return f"{prefix}:idempotency:{scope}:{key_hash}"

@@ -39,9 +39,8 @@ from .store import RedisStore
 from .views import routed_view
 
 EXTENSION_KEY = "policy_limits"
-# The functions that name a request's verified caller and the user whose
-# quota it uses (auth/ registers them).
-IDENTIFY_KEY = "identify_client"
+# The function that names the user whose quota a request uses (auth/
+# registers it).
 OWNER_KEY = "quota_owner"
 # The limit the RateLimit headers describe, kept in the WSGI environ (per
 # request, unlike ``g``, which a test's app context shares between requests).
@@ -70,26 +69,16 @@ return counts
 """
 
 
-def client_identity() -> str:
-    """Who a request is from: its verified caller, else its address.
-
-    A caller is whoever the function given to ``identify_clients`` names
-    ("key:<prefix>" for an API key, "user:<id>" for a token); idempotency
-    keys are scoped to it.
-    """
-    identify: Callable[[], str | None] | None = current_app.extensions.get(IDENTIFY_KEY)
-    identity = identify() if identify is not None else None
-    return identity or client_address()
-
-
 def quota_identity() -> str:
     """Whose quota a request uses: its verified caller's user, else its address.
 
     A user's API keys, tokens and session share one quota, so that making more
-    keys does not multiply it. A credential that fails verification is never
-    used: a client could send a new one with every request for a fresh quota.
-    The address is the peer's, or the one the trusted proxies report
-    (TRUSTED_PROXIES); X-Forwarded-For from anyone else is ignored.
+    keys does not multiply it, and one scope of idempotency keys, so that a
+    retry with a refreshed token or another key finds its first request. A
+    credential that fails verification is never used: a client could send a
+    new one with every request for a fresh quota. The address is the peer's,
+    or the one the trusted proxies report (TRUSTED_PROXIES); X-Forwarded-For
+    from anyone else is ignored.
     """
     owner: Callable[[], str | None] | None = current_app.extensions.get(OWNER_KEY)
     identity = owner() if owner is not None else None
@@ -102,15 +91,10 @@ def client_address() -> str:
     return f"ip:{request.remote_addr or 'unknown'}"
 
 
-def identify_clients(
-    app: Flask,
-    identify: Callable[[], str | None],
-    owner: Callable[[], str | None] | None = None,
-) -> None:
-    """Name `app`'s callers with `identify`, and their quotas with `owner`
-    (None: `identify`'s); each answers None for an anonymous request."""
-    app.extensions[IDENTIFY_KEY] = identify
-    app.extensions[OWNER_KEY] = owner or identify
+def identify_clients(app: Flask, owner: Callable[[], str | None]) -> None:
+    """Name the user whose quota each of `app`'s requests uses with `owner`,
+    which answers None for an anonymous request."""
+    app.extensions[OWNER_KEY] = owner
 
 
 @functools.lru_cache(maxsize=4096)
