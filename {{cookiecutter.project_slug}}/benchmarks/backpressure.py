@@ -10,7 +10,11 @@ seed-items``), its JSON log lines in a file and no access log. As in run.py,
 rate limits are set beyond reach (UNREACHED_LIMIT) and the worker is not
 recycled (a restart would measure the app's boot). The load is ``GET
 /api/v1/items/<id>`` from openloop.py, on 127.0.0.1, over kept-alive
-connections (every request comes from one client address):
+connections. Each client has an address of its own, as behind compose's
+proxy: the service trusts one proxy (TRUSTED_PROXIES=1) and each client sends
+its address in X-Forwarded-For (the open loop's requests come from ADDRESSES
+addresses in turn), so that the service's share of slots per client address
+(MAX_IN_FLIGHT_PER_CLIENT) applies as in production:
 
 1. Unloaded: one client in a closed loop (it sends its next request when the
    last is answered): the p99 latency of a worker with no queue.
@@ -51,6 +55,8 @@ from benchmarks.run import PROJECT, App, Server, base_env, serving_all
 ITEMS = "/api/v1/items"
 LIVE = "/health/live"
 CLIENTS = 8
+# The client addresses of the open loop's requests, in turn.
+ADDRESSES = 64
 UNLOADED_SECONDS = 3.0
 # The open loop offers this many times the capacity.
 OVERLOAD = 2.0
@@ -199,23 +205,38 @@ def first_item(server: Server) -> int:
         return int(json.load(answer)["items"][0]["id"])
 
 
+def from_addresses(path: str, count: int) -> list[bytes]:
+    """GETs of `path`, each from a client address of its own (documentation
+    addresses, RFC 5737), as the proxy in front would pass them on."""
+    return [
+        get_request(path, headers={"X-Forwarded-For": f"198.51.100.{number + 1}"})
+        for number in range(count)
+    ]
+
+
 def measure(server: Server, plan: Plan) -> Figures:
     """The three runs on `server`, one after the other."""
-    request = get_request(f"{ITEMS}/{first_item(server)}")
+    requests = from_addresses(
+        f"{ITEMS}/{first_item(server)}", max(ADDRESSES, plan.clients)
+    )
     port = server.port
     if plan.warmup:
-        asyncio.run(closed_loop(port, request, 1, plan.warmup))
-    unloaded = asyncio.run(closed_loop(port, request, 1, plan.unloaded_seconds))
-    closed = asyncio.run(closed_loop(port, request, plan.clients, plan.seconds))
+        asyncio.run(closed_loop(port, requests, 1, plan.warmup))
+    unloaded = asyncio.run(closed_loop(port, requests, 1, plan.unloaded_seconds))
+    closed = asyncio.run(closed_loop(port, requests, plan.clients, plan.seconds))
     time.sleep(SETTLE)
     offered = OVERLOAD * closed.rate(200)
-    opened = asyncio.run(open_loop(port, request, offered, plan.seconds))
+    opened = asyncio.run(open_loop(port, requests, offered, plan.seconds))
     return Figures(unloaded, closed, opened, plan.clients)
 
 
 def report(env: dict[str, str], workdir: Path, plan: Plan) -> None:
     """Every figure of the module docstring, with `env` from run.base_env."""
-    env = env | {"DATABASE_URL": f"sqlite:///{workdir / 'backpressure.db'}"}
+    env = env | {
+        "DATABASE_URL": f"sqlite:///{workdir / 'backpressure.db'}",
+        # Behind one proxy, which says who each client is.
+        "TRUSTED_PROXIES": "1",
+    }
     flask(env, "db", "upgrade")
     flask(env, "seed-items", "--count", "1")
     print(

@@ -15,7 +15,9 @@ behind it).
 reading of answers: each client sends its next request when the last is
 answered, and a request's latency counts from when it was sent. Both send
 one request over and over (``get_request``) and record each one's status, so
-that 503s (shed) are told from other failures.
+that 503s (shed) are told from other failures; or, given several requests (one
+per client address, say), the closed loop's client i sends the i-th and the
+open loop's request n the n-th, each in turn.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 # More connections than this at once means the server has stopped answering.
@@ -103,11 +106,19 @@ class Connections:
         self.idle.clear()
 
 
-def get_request(path: str, *, keep_alive: bool = True) -> bytes:
-    """A GET of `path`, asking for the connection to be closed after without
-    `keep_alive`."""
+def get_request(
+    path: str, *, keep_alive: bool = True, headers: Mapping[str, str] | None = None
+) -> bytes:
+    """A GET of `path` with `headers`, asking for the connection to be closed
+    after without `keep_alive`."""
+    lines = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     close = "" if keep_alive else "Connection: close\r\n"
-    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{close}\r\n".encode()
+    return f"GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{lines}{close}\r\n".encode()
+
+
+def in_turn(request: bytes | Sequence[bytes]) -> Sequence[bytes]:
+    """One request, or several to send each in turn."""
+    return (request,) if isinstance(request, bytes) else request
 
 
 async def exchange(connection: Connection, request: bytes) -> tuple[int, bool]:
@@ -161,10 +172,17 @@ async def one_request(
 
 
 async def open_loop(
-    port: int, request: bytes, rate: float, seconds: float, *, timeout: float = 10.0
+    port: int,
+    request: bytes | Sequence[bytes],
+    rate: float,
+    seconds: float,
+    *,
+    timeout: float = 10.0,
 ) -> LoadRun:
-    """Send `request` `rate` times a second for `seconds` to 127.0.0.1:`port`,
-    whatever the answers are (no coordinated omission)."""
+    """Send `request` (or each of several in turn) `rate` times a second for
+    `seconds` to 127.0.0.1:`port`, whatever the answers are (no coordinated
+    omission)."""
+    requests = in_turn(request)
     loop = asyncio.get_running_loop()
     pool = Connections(HOST, port)
     start = loop.time() + 0.1
@@ -177,7 +195,8 @@ async def open_loop(
         due_now = min(total, math.floor((now - start) * rate) + 1)
         while sent < due_now:
             due = start + sent / rate
-            tasks.append(asyncio.create_task(one_request(pool, request, due, timeout)))
+            sending = requests[sent % len(requests)]
+            tasks.append(asyncio.create_task(one_request(pool, sending, due, timeout)))
             sent += 1
         await asyncio.sleep(max(0.0, start + sent / rate - loop.time()))
     outcomes = list(await asyncio.gather(*tasks))
@@ -187,24 +206,33 @@ async def open_loop(
 
 
 async def closed_loop(
-    port: int, request: bytes, clients: int, seconds: float, *, timeout: float = 10.0
+    port: int,
+    request: bytes | Sequence[bytes],
+    clients: int,
+    seconds: float,
+    *,
+    timeout: float = 10.0,
 ) -> LoadRun:
-    """`clients` clients send `request` for `seconds` to 127.0.0.1:`port`, each
-    its next when the last is answered, on a connection kept alive.
+    """`clients` clients send `request` (client i the i-th of several, in turn)
+    for `seconds` to 127.0.0.1:`port`, each its next when the last is
+    answered, on a connection kept alive.
 
     The run lasts until its last answer: its rate is answers per second.
     """
+    requests = in_turn(request)
     loop = asyncio.get_running_loop()
     pool = Connections(HOST, port)
     start = loop.time()
     end = start + seconds
     outcomes: list[Outcome] = []
 
-    async def client() -> None:
+    async def client(sending: bytes) -> None:
         while loop.time() < end:
-            outcomes.append(await one_request(pool, request, loop.time(), timeout))
+            outcomes.append(await one_request(pool, sending, loop.time(), timeout))
 
-    await asyncio.gather(*(client() for _ in range(clients)))
+    await asyncio.gather(
+        *(client(requests[number % len(requests)]) for number in range(clients))
+    )
     pool.close_all()
     await asyncio.sleep(0)  # the transports close
     last = max((o.finished for o in outcomes), default=end)

@@ -376,6 +376,7 @@ class StubServer:
         self.statuses = statuses
         self.answered = 0
         self.connections = 0
+        self.heads: list[bytes] = []
 
     async def handle(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -384,6 +385,7 @@ class StubServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
                 status = self.statuses[self.answered % len(self.statuses)]
                 self.answered += 1
                 close = b"connection: close" in head.lower()
@@ -434,6 +436,36 @@ def test_the_load_generators_read_every_answer_on_kept_alive_connections() -> No
     # Without keep-alive, a connection per request.
     assert len(fresh.outcomes) == after_fresh - after_open == 10
     assert stub.answered == len(closed.outcomes) + 40
+
+
+def test_the_load_generators_send_several_requests_each_in_turn() -> None:
+    stub = StubServer(200)
+    addresses = [f"198.51.100.{number}" for number in (1, 2, 3)]
+    requests = [
+        get_request("/x", headers={"X-Forwarded-For": address}) for address in addresses
+    ]
+
+    async def scenario() -> tuple[LoadRun, LoadRun]:
+        server = await asyncio.start_server(stub.handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            closed = await closed_loop(port, requests, 2, 0.2)
+            opened = await open_loop(port, requests, 60, 0.1)
+        return closed, opened
+
+    closed, opened = asyncio.run(scenario())
+    assert requests[0] == (
+        b"GET /x HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Forwarded-For: 198.51.100.1\r\n\r\n"
+    )
+    sent = [head.decode() for head in stub.heads]
+    # The closed loop's two clients: the first and the second address only.
+    from_closed = {head.split("X-Forwarded-For: ")[1][:12] for head in sent[:-6]}
+    assert from_closed == {"198.51.100.1", "198.51.100.2"}
+    assert len(closed.outcomes) == len(sent) - 6
+    # The open loop's six requests: each address in turn, twice.
+    from_open = sorted(head.split("X-Forwarded-For: ")[1][:12] for head in sent[-6:])
+    assert from_open == sorted(addresses * 2)
+    assert opened.failed() == 0
 
 
 def test_the_backpressure_benchmark_runs_end_to_end() -> None:

@@ -257,10 +257,10 @@ def test_the_proxy_caps_the_requests_in_progress_per_address(
     with nginx(gunicorn.port, tmp_path) as port, contextlib.ExitStack() as open_:
         # Bodies still arriving: each is a request in progress at the proxy.
         for _ in range(IN_PROGRESS_PER_ADDRESS):
-            body = open_.enter_context(
+            slow = open_.enter_context(
                 socket.create_connection(("127.0.0.1", port), timeout=10)
             )
-            body.sendall(
+            slow.sendall(
                 b"POST /api/v1/items HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                 b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
             )
