@@ -39,6 +39,7 @@ CORE_FILES = (
     "src/{package}/database.py",
     "src/{package}/pools.py",
     "src/{package}/security.py",
+    "src/{package}/text.py",
     "src/{package}/resilience/__init__.py",
     "src/{package}/resilience/store.py",
     "src/{package}/resilience/limits.py",

@@ -1368,6 +1368,44 @@ def test_passwords_for_keys_count_against_the_account_as_sign_ins_do(
     problem(sign_in_from(thief, "192.0.2.4", PASSWORD), 429)
 
 
+@pytest.mark.parametrize(
+    "name",
+    [
+        "invoice\u202egpj.exe",  # right-to-left override
+        "a\u202ab",  # left-to-right embedding
+        "a\u2066b\u2069",  # isolates
+        "a\u200eb",  # left-to-right mark
+        "a\u200fb",  # right-to-left mark
+        "a\u200bb",  # zero-width space (format)
+        "a\u00adb",  # soft hyphen (format)
+        "tag\U000e0041",  # a tag character (format)
+        "bell\x07",  # C0
+        "a\x9bb",  # C1
+        "line\x85break",  # next line (C1)
+        "line\u2028break",  # line separator
+        "para\u2029break",  # paragraph separator
+    ],
+)
+def test_api_key_names_hold_no_hidden_characters(
+    app: Flask, anonymous: FlaskClient, name: str
+) -> None:
+    add_account(app)
+    pair = tokens_of(anonymous)
+    response = create_key(anonymous, pair["access_token"], name=name)
+    assert [error["field"] for error in problem(response, 422)["errors"]] == ["name"]
+    assert db.session.scalar(select(ApiKey).where(ApiKey.name == name)) is None
+
+
+def test_api_key_names_may_be_any_visible_text(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    add_account(app)
+    pair = tokens_of(anonymous)
+    name = "Déploiement: CI 🚀 (نشر)"
+    created = create_key(anonymous, pair["access_token"], name=name)
+    assert body(created)["name"] == name
+
+
 def test_live_keys_per_user_are_capped(make_app: AppFactory) -> None:
     app = make_app(API_KEYS_PER_USER=2, tables=True)
     add_account(app)  # one key

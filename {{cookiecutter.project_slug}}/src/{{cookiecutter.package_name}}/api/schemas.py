@@ -17,19 +17,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..models.item import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, QUANTITY_MAX
-
-# Character classes are spelt out (no \s): clients check these patterns with
-# JavaScript's regex engine, which disagrees with Python's about \s.
-# Control characters (C0, DEL, C1), the bidirectional overrides and isolates
-# that make text display in another order than it is stored, and the BOM.
-CONTROL = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff"
-# Spaces, zero-width and filler characters, joiners, variation selectors and
-# directional marks: allowed, but they do not make a name visible.
-BLANK = (
-    r"\x20\xa0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
-    r"\u2000-\u200f\u2028\u2029\u202f\u205f\u2060-\u2065\u2800\u3000\u3164"
-    r"\ufe00-\ufe0f\uffa0"
-)
+from ..text import BLANK, CONTROL
 
 # At least one visible character and no control characters: every database can
 # store it and every terminal shows it as stored.

@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from ..config import MAX_API_KEY_DAYS
 from ..models.user import EMAIL_MAX_LENGTH
+from ..text import NOT_PLAIN, plain
 from .passwords import MAX_LENGTH
 from .users import EMAIL_PATTERN, AccountError, normalise_email, valid_email
 
@@ -128,9 +129,11 @@ class UserUpdate(Strict):
 class ApiKeyCreate(Strict):
     """A name to recognise the key by, and what it may do."""
 
+    # Shown back in lists and pages: nothing that hides, reorders or breaks it.
     name: Annotated[
         str,
-        StringConstraints(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$"),
+        StringConstraints(min_length=1, max_length=100, pattern=rf"^[^{NOT_PLAIN}]+$"),
+        AfterValidator(plain),
     ]
     scopes: list[Scope] = Field(min_length=1, max_length=2)
     expires_in_days: Days | None = Field(

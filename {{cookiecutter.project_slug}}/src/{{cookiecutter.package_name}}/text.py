@@ -1,0 +1,41 @@
+"""Text that people read back (names, labels): which characters it may not hold.
+
+Patterns spell their character classes out (no \\s, no \\p{...}): clients check
+them with JavaScript's regex engine, which disagrees with Python's.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+# Control characters (C0, DEL, C1), the bidirectional overrides and isolates
+# that make text display in another order than it is stored, and the BOM.
+CONTROL = r"\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ufeff"
+# Spaces, zero-width and filler characters, joiners, variation selectors and
+# directional marks: allowed in a name, but they do not make it visible.
+BLANK = (
+    r"\x20\xa0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f"
+    r"\u2000-\u200f\u2028\u2029\u202f\u205f\u2060-\u2065\u2800\u3000\u3164"
+    r"\ufe00-\ufe0f\uffa0"
+)
+# For a plain label: CONTROL, the directional marks, and the line and
+# paragraph separators (the pattern clients can check; `plain` checks more).
+NOT_PLAIN = rf"{CONTROL}\u200e\u200f\u2028\u2029"
+# The Unicode categories a plain label may not hold: controls (Cc: C0, DEL,
+# C1 with NEL), format characters (Cf: directional marks, embeddings,
+# overrides and isolates, zero-width characters, the BOM, tags), and line
+# and paragraph separators (Zl, Zp).
+NOT_PLAIN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def plain(text: str) -> str:
+    """`text`, if it holds no control, format or separator character; else a
+    ValueError naming the first one by its code point (a pydantic validator:
+    the error names the field)."""
+    for character in text:
+        if unicodedata.category(character) in NOT_PLAIN_CATEGORIES:
+            raise ValueError(
+                f"U+{ord(character):04X} is a control, format or line "
+                "separator character, which may not appear here."
+            )
+    return text
