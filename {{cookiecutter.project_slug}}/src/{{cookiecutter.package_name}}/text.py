@@ -18,9 +18,13 @@ BLANK = (
     r"\u2000-\u200f\u2028\u2029\u202f\u205f\u2060-\u2065\u2800\u3000\u3164"
     r"\ufe00-\ufe0f\uffa0"
 )
-# For a plain label: CONTROL, the directional marks, and the line and
-# paragraph separators (the pattern clients can check; `plain` checks more).
-NOT_PLAIN = rf"{CONTROL}\u200e\u200f\u2028\u2029"
+# Not in a plain label: CONTROL, and every other format character and the
+# line and paragraph separators of the Basic Multilingual Plane (a pattern
+# clients can check; `plain` also refuses those beyond it, such as tags).
+NOT_PLAIN = (
+    rf"{CONTROL}\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
+    r"\u200b-\u200f\u2028\u2029\u2060-\u2064\u206a-\u206f\ufff9-\ufffb"
+)
 # The Unicode categories a plain label may not hold: controls (Cc: C0, DEL,
 # C1 with NEL), format characters (Cf: directional marks, embeddings,
 # overrides and isolates, zero-width characters, the BOM, tags), and line
