@@ -48,6 +48,8 @@ def test_not_ready_when_the_database_is_unreachable(
     app = make_app(SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path))
     response = app.test_client().get("/health/ready")
     assert response.status_code == 503
+    # When to ask again: the probes' result is reused for HEALTH_RESULT_SECONDS.
+    assert response.headers["Retry-After"] == "5"
     assert response.json is not None
     assert response.json["status"] == "fail"
     database = response.json["checks"]["database"]
@@ -111,6 +113,7 @@ def test_startup_waits_for_migrations(client: FlaskClient) -> None:
     # The fixture made the tables without Alembic, so no revision is recorded.
     response = client.get("/health/startup")
     assert response.status_code == 503
+    assert response.headers["Retry-After"] == "5"
     assert response.json is not None
     assert response.json["checks"]["migrations"]["error"] == (
         "the database schema is not at the newest migration"
@@ -120,8 +123,22 @@ def test_startup_waits_for_migrations(client: FlaskClient) -> None:
 def test_startup_passes_once_migrated(migrated_app: Flask) -> None:
     response = migrated_app.test_client().get("/health/startup")
     assert response.status_code == 200
+    assert "Retry-After" not in response.headers
     assert response.json is not None
     assert set(response.json["checks"]) == {"database", "migrations"}
+
+
+def test_a_failing_probe_asks_for_no_retry_before_its_result_can_change(
+    make_app: AppFactory, tmp_path: Path
+) -> None:
+    app = make_app(
+        SQLALCHEMY_DATABASE_URI=unreachable_sqlite(tmp_path), HEALTH_RESULT_SECONDS=7.5
+    )
+    client = app.test_client()
+    for probe in ("/health/ready", "/health/startup"):
+        response = client.get(probe)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "8"
 
 
 def test_startup_fails_without_a_migrations_directory(

@@ -16,6 +16,7 @@ read: to METRICS_ALLOWED_NETWORKS and to holders of METRICS_TOKEN.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 from flask import Blueprint, Flask, current_app
@@ -29,6 +30,9 @@ from .checks import CheckReport, RegisteredCheck, registry, run_checks
 
 health_bp = exempt(Blueprint("health", __name__, url_prefix="/health"))
 TAGS = ["health"]
+# Seconds a client of a failing readiness or startup probe is told to wait
+# (Retry-After), at least: a sooner retry gets the same cached result.
+RETRY_AFTER_FAILED = 5
 OVERLOADED = CheckReport(
     status="fail",
     duration_ms=0.0,
@@ -46,7 +50,7 @@ class HealthReport(BaseModel):
 
 
 def checked_responses() -> Responses:
-    """Readiness and startup: a report either way, Retry-After when overloaded."""
+    """Readiness and startup: a report either way, Retry-After with a 503."""
     return Responses(
         HTTP_200=HealthReport,
         HTTP_503=HealthReport,
@@ -87,10 +91,16 @@ Answer = tuple[HealthReport, int, dict[str, str]]
 
 def answer(found: HealthReport, headers: dict[str, str] | None = None) -> Answer:
     """`found` (without its checks for a caller that may not read them), 200
-    if it passed, else 503."""
+    if it passed, else 503 with Retry-After (`headers`', else
+    RETRY_AFTER_FAILED seconds, or HEALTH_RESULT_SECONDS if longer)."""
     if not may_read_metrics():
         found = HealthReport(status=found.status, checks=None)
-    return found, 200 if found.status == "pass" else 503, headers or {}
+    headers = dict(headers or {})
+    if found.status == "pass":
+        return found, 200, headers
+    cached = math.ceil(current_app.config["HEALTH_RESULT_SECONDS"])
+    headers.setdefault("Retry-After", str(max(RETRY_AFTER_FAILED, cached)))
+    return found, 503, headers
 
 
 @health_bp.get("/live")
