@@ -14,7 +14,6 @@ from hypothesis import HealthCheck, settings
 from openapi_spec_validator import validate
 from schemathesis.checks import CheckFunction
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-
 from sqlalchemy import select
 
 from {{ cookiecutter.package_name }}.api.docs import SWAGGER_UI_VERSION
