@@ -172,12 +172,15 @@ def wait_until(
         time.sleep(0.01)
 
 
-def outside_a_window_edge(window: int = 60) -> None:
-    """Wait until a fixed window of `window` seconds (and so the minute, for a
-    window of whole minutes) has at least 10 s left."""
-    into_window = time.time() % window
-    if into_window > window - 10:
-        time.sleep(window + 0.5 - into_window)
+def outside_a_window_edge(window: int = 60, margin: float = 10) -> None:
+    """Wait until a fixed window of `window` seconds and the minute (windows
+    are aligned to the clock, so a minute ends at each hour's end) both have
+    at least `margin` seconds left: never longer than `margin` and half a
+    second, and only that close to an edge."""
+    for length in sorted({window, 60}, reverse=True):
+        into_window = time.time() % length
+        if into_window > length - margin:
+            time.sleep(length + 0.5 - into_window)
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:

@@ -660,7 +660,31 @@ def test_require_knows_its_scopes() -> None:
 # --- Limits -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("into_the_hour", "waits"),
+    [(3595.0, [5.5]), (1855.0, [5.5]), (1830.0, []), (0.5, [])],
+)
+def test_limit_tests_keep_clear_of_the_hour_and_the_minute_edges(
+    monkeypatch: pytest.MonkeyPatch, into_the_hour: float, waits: list[float]
+) -> None:
+    # Fixed windows start again at each hour and minute: a test of a limit
+    # that straddles the edge sees its counts reset. outside_a_window_edge
+    # waits past the edge (minutes too) only when it is close, and briefly.
+    clock = [1_800_000_000 - 1_800_000_000 % 3600 + into_the_hour]
+    slept: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        clock[0] += seconds
+
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    monkeypatch.setattr(time, "sleep", sleep)
+    outside_a_window_edge(3600, margin=10)
+    assert slept == pytest.approx(waits)
+
+
 def test_sign_in_is_limited_per_client(make_app: AppFactory) -> None:
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
     add_account(app)
     client = app.test_client()
@@ -686,6 +710,7 @@ def sign_in_from(
 def test_wrong_passwords_from_one_address_do_not_lock_the_owner_out(
     make_app: AppFactory, roles: tuple[str, ...]
 ) -> None:
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
     add_account(app, roles=roles)
     attacker = app.test_client()
@@ -706,6 +731,7 @@ def test_an_account_is_guarded_against_many_addresses_but_not_from_its_owner(
         **app_policies(),
         "login-account": {"limit": "3 per hour"},
     }
+    outside_a_window_edge(3600, margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     owner = app.test_client()
@@ -746,6 +772,7 @@ def test_only_a_genuine_recent_cookie_of_the_account_makes_a_client_known(
     make_app: AppFactory, cookie: str
 ) -> None:
     policies = {**app_policies(), "login-account": {"limit": "1 per hour"}}
+    outside_a_window_edge(3600, margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     add_account(app, "other@example.com")
@@ -907,6 +934,7 @@ def app_policies(**limits: str) -> dict[str, dict[str, Any]]:
 
 def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
     policies = app_policies(read="1 per minute", login="60 per minute")
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     client = app.test_client()
@@ -918,6 +946,7 @@ def test_a_token_caller_has_a_quota_of_their_own(make_app: AppFactory) -> None:
 
 
 def test_api_keys_bring_no_sign_in_quota_of_their_own(make_app: AppFactory) -> None:
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, tables=True)
     keys = [add_account(app, f"sprayer{number}@example.com") for number in range(2)]
     client = app.test_client()
@@ -936,6 +965,7 @@ def test_api_keys_bring_no_sign_in_quota_of_their_own(make_app: AppFactory) -> N
 
 def test_a_429_tells_the_limit_that_refused(make_app: AppFactory) -> None:
     policies = app_policies(login_account="5 per minute")
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     client = app.test_client()
@@ -1055,6 +1085,7 @@ def test_sign_up_takes_exactly_one_mailbox(anonymous: FlaskClient, email: str) -
 def test_one_mailbox_is_one_account_whatever_its_domain_spelling(
     make_app: AppFactory,
 ) -> None:
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(
         RATE_LIMITS_ENABLED=True,
         RESILIENCE_POLICIES=app_policies(register_mailbox="1 per minute"),
@@ -1331,6 +1362,7 @@ def test_creating_a_key_needs_a_recent_sign_in(
 def test_a_password_given_for_a_key_counts_as_a_sign_in_attempt(
     make_app: AppFactory,
 ) -> None:
+    outside_a_window_edge(margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, tables=True)  # the shipped limits
     add_account(app)
     client = app.test_client()
@@ -1348,8 +1380,8 @@ def test_a_password_given_for_a_key_counts_as_a_sign_in_attempt(
 def test_passwords_for_keys_count_against_the_account_as_sign_ins_do(
     make_app: AppFactory,
 ) -> None:
-    outside_a_window_edge(3600)
     policies = app_policies(login_account="3 per hour")
+    outside_a_window_edge(3600, margin=5)  # the counts must not reset mid-test
     app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
     add_account(app)
     token = tokens_of(app.test_client())["access_token"]  # the account's first
