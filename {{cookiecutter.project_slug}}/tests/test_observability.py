@@ -633,14 +633,20 @@ def test_load_shedding_is_counted(make_app: AppFactory) -> None:
     waiting.start()
     try:
         assert entered.wait(5)
-        assert app.test_client().get(ITEMS).status_code == 503
+        other = {"environ_base": {"REMOTE_ADDR": "10.0.0.2"}}
+        assert app.test_client().get(ITEMS, **other).status_code == 503
         assert app.extensions[backpressure.EXTENSION_KEY].shed == 1
+        # The holder's own excess is a 429 of its own policy, not a shed.
+        assert app.test_client().get(ITEMS).status_code == 429
         # /metrics is never shed: it answers while the worker is full.
-        counts = samples(scrape(app), "load_shed_total")
+        metrics = scrape(app)
     finally:
         release.set()
         waiting.join(5)
-    assert counts == {(("route", ITEMS),): 1}
+    assert samples(metrics, "load_shed_total") == {(("route", ITEMS),): 1}
+    assert samples(metrics, "rate_limit_rejections_total") == {
+        (("policy", backpressure.IN_FLIGHT_POLICY),): 1
+    }
 
 
 def test_idempotent_replays_are_counted(app: Flask) -> None:

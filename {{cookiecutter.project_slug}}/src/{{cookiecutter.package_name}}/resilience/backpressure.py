@@ -83,7 +83,7 @@ CLIENT_BUSY = (
     "Too many requests from this client are in progress at once; "
     "try again when one has been answered."
 )
-# The policy label of those refusals (rate_limited{policy=...}).
+# The policy label of those refusals (rate_limit_rejections_total{policy=...}).
 IN_FLIGHT_POLICY = "in-flight-per-client"
 # Seconds between two looks of a request over its client's share at whether
 # anyone else waits (a slot given back wakes it at once).
