@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from flask import Flask, request
+from gunicorn.workers.gthread import ThreadWorker
 from werkzeug.exceptions import InternalServerError
 
 from {{ cookiecutter.package_name }}.errors import PROBLEM_MEDIA_TYPE
@@ -34,6 +35,7 @@ from {{ cookiecutter.package_name }}.resilience.backpressure import (
     Admission,
 )
 from {{ cookiecutter.package_name }}.resilience.queueing import (
+    QueueTimedWorker,
     TimedThreadPool,
     take_queue_wait,
 )
@@ -74,7 +76,7 @@ class Worker:
     def serve(self, waited: float, client: str = "ip:10.0.0.1") -> bool:
         """One request that queued `waited` s for a thread: admitted (and done
         at once) or shed, as a worker decides it."""
-        if self.admission.late(waited):
+        if self.admission.late(client, waited) is not None:
             return False
         if self.admission.enter(client, waited) != ADMITTED:
             return False
@@ -214,6 +216,73 @@ def test_one_clients_excess_is_never_shed_nor_overloads_the_worker() -> None:
     # Another client still gets the slot kept for it, on the keeping-up budget.
     assert admission.budget() == TIMEOUT
     assert admission.enter("ip:10.0.0.2") == ADMITTED
+
+
+def test_while_a_client_is_over_its_share_its_late_requests_are_its_own() -> None:
+    worker = Worker()
+    admission = worker.admission
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    # Requests that outwaited their budget in the queue for a thread, behind
+    # that client's: its own is its 429, another client's is let on...
+    assert admission.late("ip:10.0.0.1", TIMEOUT * 2) == BUSY
+    assert admission.late("ip:10.0.0.2", TIMEOUT * 2) is None
+    # ...and takes the slot kept free for others, at once.
+    assert admission.enter("ip:10.0.0.2", TIMEOUT * 2) == ADMITTED
+    # With no slot left, a third client's is shed when it asks for one.
+    assert admission.late("ip:10.0.0.3", TIMEOUT * 2) is None
+    assert admission.enter("ip:10.0.0.3", TIMEOUT * 2) == SHED
+    assert (admission.busy, admission.shed) == (1, 1)
+
+
+def test_a_client_stays_over_its_share_for_a_while_after_its_excess() -> None:
+    worker = Worker()
+    admission = worker.admission
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.1") == ADMITTED
+    assert admission.enter("ip:10.0.0.1", waited=TIMEOUT) == BUSY
+    admission.leave("ip:10.0.0.1")
+    admission.leave("ip:10.0.0.1")
+    # It holds nothing now, but its flood may still fill the queue.
+    assert admission.late("ip:10.0.0.1", TIMEOUT * 2) == BUSY
+    assert admission.late("ip:10.0.0.2", TIMEOUT * 2) is None
+    worker.clock.now += admission.hold * 1.01
+    # The while has passed: a late request is shed, whoever sent it.
+    assert admission.late("ip:10.0.0.1", TIMEOUT * 2) == SHED
+    assert (admission.busy, admission.shed) == (2, 1)
+
+
+def test_clients_over_their_share_are_forgotten_once_their_while_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(backpressure, "EXCESS_MEMORY", 2)
+    worker = Worker()
+    admission = worker.admission
+    for client in ("ip:10.0.0.1", "ip:10.0.0.2"):
+        assert admission.late(client, TIMEOUT * 2) in {SHED, None}
+    admission.excess_until = {"ip:10.0.0.1": 0.0, "ip:10.0.0.2": 0.0}
+    assert admission.enter("ip:10.0.0.3") == ADMITTED
+    assert admission.enter("ip:10.0.0.3") == ADMITTED
+    assert admission.enter("ip:10.0.0.3", waited=TIMEOUT) == BUSY
+    assert admission.excess_until == {"ip:10.0.0.3": worker.clock.now + admission.hold}
+
+
+def test_refused_requests_are_left_out_of_the_workers_request_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    counted: list[int] = []
+    monkeypatch.setattr(
+        ThreadWorker, "handle_request", lambda worker, *_: counted.append(worker.nr)
+    )
+    worker = object.__new__(QueueTimedWorker)  # no Gunicorn arbiter here
+    worker.nr = 10
+    queueing.take_refused()
+    queueing.note_refused()
+    queueing.note_refused()
+    worker.handle_request(None, None)
+    worker.handle_request(None, None)
+    # Gunicorn adds this request to nr and compares with max_requests after.
+    assert counted == [8, 8]
 
 
 def test_an_excess_request_waits_for_its_clients_slot_if_nobody_waits() -> None:
@@ -366,7 +435,9 @@ def test_a_request_beyond_the_slots_is_shed_after_its_budget(
     slow_app: SlowApp,
 ) -> None:
     slow_app.hold_the_slot()
+    queueing.take_refused()
     shed = slow_app.app.test_client().get(ITEMS)
+    assert queueing.take_refused() == 1
     body = problem(shed, 503)
     assert body["detail"] == "The server is at capacity; try again in a moment."
     assert shed.headers["Retry-After"] == "1"
@@ -521,8 +592,11 @@ def test_a_refused_request_holds_no_slot(make_app: AppFactory) -> None:
     holder.start()
     try:
         assert entered.wait(JOIN)
+        queueing.take_refused()
         problem(client.get("/api/openapi.json"), 429)
         assert app.extensions[backpressure.EXTENSION_KEY].shed == 0
+        # Refused at once: not one of Gunicorn's max_requests.
+        assert queueing.take_refused() == 1
     finally:
         release.set()
         holder.join(JOIN)
@@ -565,6 +639,55 @@ def test_one_client_cannot_take_every_slot(make_app: AppFactory) -> None:
         other = {"environ_base": {"REMOTE_ADDR": "10.0.0.2"}}
         assert app.test_client().get(ITEMS, **other).status_code == 200
         assert app.test_client().get("/health/ready", **other).status_code == 200
+    finally:
+        release.set()
+        holder.join(JOIN)
+
+
+def test_a_flood_of_one_client_is_refused_as_its_own_and_others_served(
+    make_app: AppFactory,
+) -> None:
+    # Behind one proxy: the address is X-Forwarded-For's last entry, which the
+    # early refusal reads as the app will.
+    app = make_app(
+        MAX_IN_FLIGHT=2,
+        MAX_IN_FLIGHT_PER_CLIENT=1,
+        REQUEST_QUEUE_TIMEOUT=TIMEOUT,
+        TRUSTED_PROXIES=1,
+        tables=True,
+    )
+    entered = threading.Event()
+    release = threading.Event()
+
+    @app.get("/slow")
+    def slow() -> str:
+        entered.set()
+        release.wait(JOIN)
+        return "done"
+
+    def sent_by(address: str, waited: float = 0.0) -> dict[str, object]:
+        return {
+            "headers": {"X-Forwarded-For": f"198.51.100.7, {address}"},
+            "environ_overrides": {QUEUE_WAIT_KEY: waited},
+        }
+
+    holder = threading.Thread(
+        target=lambda: app.test_client().get("/slow", **sent_by("203.0.113.1"))
+    )
+    holder.start()
+    try:
+        assert entered.wait(JOIN)
+        # The flooder's requests waited in the queue behind its own: its 429,
+        # made before the app saw them.
+        late = app.test_client().get(ITEMS, **sent_by("203.0.113.1", TIMEOUT * 2))
+        assert "in progress at once" in problem(late, 429)["detail"]
+        assert late.headers["Retry-After"] == "1"
+        # Another client's request waited as long, behind the flood: served.
+        other = app.test_client().get(ITEMS, **sent_by("203.0.113.2", TIMEOUT * 2))
+        assert other.status_code == 200
+        admission = app.extensions[backpressure.EXTENSION_KEY]
+        assert (admission.busy, admission.shed) == (1, 0)
+        assert not admission.overloaded()
     finally:
         release.set()
         holder.join(JOIN)

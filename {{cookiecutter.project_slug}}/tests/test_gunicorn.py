@@ -449,18 +449,26 @@ def test_the_in_flight_bound_follows_the_threads_in_force(
     start_server: Any, hung_server: int
 ) -> None:
     # --threads on the command line, not GUNICORN_THREADS: still one thread
-    # stays free, so a second request is shed and liveness answers at once.
+    # stays free, so another client's request is shed and liveness answers at
+    # once. (Each client has its address, as a proxy in front says it.)
     server = start_server(
         "--threads 2",
         SECRET_KEY=SAFE_SECRET,
         DATABASE_URL=f"postgresql://app@127.0.0.1:{hung_server}/app",
         DATABASE_CONNECT_TIMEOUT="5",
+        TRUSTED_PROXIES="1",
     )
-    waiting = threading.Thread(target=lambda: server.request("GET", "/api/v1/items"))
+    waiting = threading.Thread(
+        target=lambda: server.request(
+            "GET", "/api/v1/items", headers={"X-Forwarded-For": "203.0.113.1"}
+        )
+    )
     waiting.start()
     time.sleep(0.3)  # the first request holds its slot, waiting on the database
     started = time.monotonic()
-    shed = server.request("GET", "/api/v1/items")
+    shed = server.request(
+        "GET", "/api/v1/items", headers={"X-Forwarded-For": "203.0.113.2"}
+    )
     assert shed.status == 503
     assert shed.json()["detail"] == "The server is at capacity; try again in a moment."
     assert server.request("GET", "/health/live").status == 200

@@ -31,9 +31,16 @@ client's share is that client's own excess, not the worker's: it may wait for
 one of its client's requests to end, but only while nobody else waits (for a
 slot, or for a thread: queueing.queued), and it gets a 429 (``BUSY``) at once
 otherwise; it is never counted as shed and never makes the worker overloaded,
-so that one client's burst cannot shed other clients or fail readiness. (What
-bounds one address's share of the threads themselves is the proxy in front:
-deploy/nginx.conf caps the requests in flight per address.)
+so that one client's burst cannot shed other clients or fail readiness. Such
+a client stays "over its share" for OVERLOAD_HOLD after its last excess
+request. Its requests also fill the queue for a thread, where the others
+wait behind them: so while some client is over its share, a request that
+outwaited its budget there is that client's 429 if it is one of its own, and
+is let on to take a free slot if it is another client's, rather than shed
+with the flood. (The proxy in front bounds how much of that queue one
+address can fill: deploy/nginx.conf caps the requests in progress per
+address.) Requests refused at once are left out of Gunicorn's max_requests
+count (queueing.note_refused).
 
 A request takes its slot in the app's last
 before_request hook, once its body has arrived and its rate limit has let it
@@ -57,11 +64,12 @@ from typing import TYPE_CHECKING, Literal, TypeVar
 
 from flask import Flask, request
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
+from werkzeug.http import parse_list_header
 
 from ..errors import PROBLEM_MEDIA_TYPE
 from . import events
 from .limits import client_address
-from .queueing import queued, take_queue_wait
+from .queueing import note_refused, queued, take_queue_wait
 from .views import routed_view
 
 if TYPE_CHECKING:
@@ -105,6 +113,18 @@ SHED_BODY = json.dumps(
         "request_id": "%s",
     }
 ).encode()
+# The problem document of an early 429 for a client over its share.
+BUSY_BODY = json.dumps(
+    {
+        "type": "about:blank",
+        "title": "Too Many Requests",
+        "status": 429,
+        "detail": CLIENT_BUSY,
+        "request_id": "%s",
+    }
+).encode()
+# Clients remembered as over their share, beyond which the expired are dropped.
+EXCESS_MEMORY = 1024
 F = TypeVar("F", bound=Callable[..., object])
 logger = logging.getLogger(__name__)
 
@@ -157,6 +177,10 @@ class Admission:
         # room (not for their client's share), by client address.
         self.holders: dict[str, int] = {}
         self.waiting: dict[str, int] = {}
+        # Until when each client that sent an excess request counts as over
+        # its share, and until when some client does.
+        self.excess_until: dict[str, float] = {}
+        self.any_excess_until = -math.inf
         self.overloaded_until = -math.inf
         # The current window: when it ends, requests admitted and shed in it.
         self.window_end = -math.inf
@@ -177,17 +201,25 @@ class Admission:
         """Seconds a request may wait, in all, before it is shed."""
         return self.target if self.overloaded() else self.timeout
 
-    def late(self, waited: float) -> bool:
-        """Whether a request that waited `waited` s before the app saw it has
-        outwaited its budget already (it is then counted as shed)."""
+    def late(self, client: str, waited: float) -> Decision | None:
+        """What becomes of `client`'s request that waited `waited` s for a
+        thread, before the app saw it: None if within its budget, or if
+        another client is over its share (it may take a free slot); BUSY if
+        its own client is; SHED (counted) otherwise."""
         budget = self.budget()
         if waited <= budget:
-            return False
+            return None
         with self._changed:
+            now = self.clock()
+            if self._over_share(client, now):
+                self._note_excess(client, now)
+                return BUSY
+            if self._anyone_over_share(now):
+                return None
             began = self._count(shed=True)
         if began:
             self._log_overload(budget)
-        return True
+        return SHED
 
     def enter(self, client: str, waited: float = 0.0) -> Decision:
         """Take a slot for `client`, waiting for one within what is left of the
@@ -209,7 +241,7 @@ class Admission:
                     # Its client's own excess: it waits only while that costs
                     # nobody else a thread, and is never counted as shed.
                     if left <= 0 or self._others_wait(client):
-                        self.busy += 1
+                        self._note_excess(client, self.clock())
                         return BUSY
                     self._changed.wait(min(left, BUSY_POLL))
                     continue
@@ -230,6 +262,30 @@ class Admission:
         for a thread (the lock held)."""
         waiting = self.waiting
         return queued() > 0 or len(waiting) > (1 if client in waiting else 0)
+
+    def _over_share(self, client: str, now: float) -> bool:
+        """Whether `client` holds its share, or sent an excess request within
+        the last OVERLOAD_HOLD (the lock held)."""
+        return (
+            self.holders.get(client, 0) >= self.per_client
+            or self.excess_until.get(client, -math.inf) > now
+        )
+
+    def _anyone_over_share(self, now: float) -> bool:
+        return now < self.any_excess_until or any(
+            held >= self.per_client for held in self.holders.values()
+        )
+
+    def _note_excess(self, client: str, now: float) -> None:
+        """Count a request refused as `client`'s excess (the lock held)."""
+        self.busy += 1
+        if len(self.excess_until) >= EXCESS_MEMORY:
+            self.excess_until = {
+                known: until
+                for known, until in self.excess_until.items()
+                if until > now
+            }
+        self.excess_until[client] = self.any_excess_until = now + self.hold
 
     def _stop_waiting(self, client: str) -> None:
         count = self.waiting[client]
@@ -319,6 +375,8 @@ class EarlyShed:
     def __init__(self, app: Flask, admission: Admission) -> None:
         self.app = app
         self.admission = admission
+        # As the app's ProxyFix reads the client address (security.py).
+        self.proxies: int = app.config["TRUSTED_PROXIES"]
         self.wrapped: WSGIApplication = app.wsgi_app
         # Read at the first request: views may be added after init_app.
         self.exempt: frozenset[str] | None = None
@@ -336,20 +394,43 @@ class EarlyShed:
         if waited > self.admission.budget():
             if self.exempt is None:
                 self.exempt = never_shed_paths(self.app)
-            if environ.get("PATH_INFO") not in self.exempt and self.admission.late(
-                waited
-            ):
-                events.load_shed.send(self.app, route=EARLY_ROUTE)
-                request_id = f"{self.id_prefix}{next(self.numbers):x}"
-                return shed_answer(start_response, request_id)
+            if environ.get("PATH_INFO") not in self.exempt:
+                decision = self.admission.late(self.client(environ), waited)
+                if decision is not None:
+                    return self.refuse(decision, start_response)
         return self.wrapped(environ, start_response)
 
+    def refuse(self, decision: Decision, start_response: StartResponse) -> list[bytes]:
+        """The 429 of a client over its share, or the 503 of a shed request."""
+        note_refused()
+        request_id = f"{self.id_prefix}{next(self.numbers):x}"
+        if decision == BUSY:
+            events.rate_limited.send(self.app, policy=IN_FLIGHT_POLICY)
+            status, template = "429 TOO MANY REQUESTS", BUSY_BODY
+        else:
+            events.load_shed.send(self.app, route=EARLY_ROUTE)
+            status, template = "503 SERVICE UNAVAILABLE", SHED_BODY
+        return early_answer(start_response, status, template, request_id)
 
-def shed_answer(start_response: StartResponse, request_id: str) -> list[bytes]:
-    """The 503 problem document (the app never saw the request's X-Request-ID)."""
-    body = SHED_BODY % request_id.encode()
+    def client(self, environ: WSGIEnvironment) -> str:
+        """The client address as client_address() will read it, once the
+        app's ProxyFix has looked at X-Forwarded-For."""
+        address = environ.get("REMOTE_ADDR")
+        if self.proxies and (forwarded := environ.get("HTTP_X_FORWARDED_FOR")):
+            values = parse_list_header(forwarded)
+            if len(values) >= self.proxies:
+                address = values[-self.proxies]
+        return f"ip:{address or 'unknown'}"
+
+
+def early_answer(
+    start_response: StartResponse, status: str, template: bytes, request_id: str
+) -> list[bytes]:
+    """A problem document made in advance, with its request id (the app never
+    saw the request's X-Request-ID)."""
+    body = template % request_id.encode()
     start_response(
-        "503 SERVICE UNAVAILABLE",
+        status,
         [
             ("Content-Type", PROBLEM_MEDIA_TYPE),
             ("Content-Length", str(len(body))),
@@ -379,9 +460,11 @@ def admit(admission: Admission) -> None:
     client = client_address()
     decision = admission.enter(client, environ.get(QUEUE_WAIT_KEY, 0.0))
     if decision == BUSY:
+        note_refused()
         events.report(events.rate_limited, policy=IN_FLIGHT_POLICY)
         raise ClientBusy
     if decision == SHED:
+        note_refused()
         events.report(events.load_shed)
         raise LoadShed
     environ[SLOT_KEY] = (admission, client)

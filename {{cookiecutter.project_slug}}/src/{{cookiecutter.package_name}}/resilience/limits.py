@@ -35,6 +35,7 @@ from limits import parse_many
 from werkzeug.exceptions import ServiceUnavailable, TooManyRequests
 
 from . import events
+from .queueing import note_refused
 from .store import RedisStore
 from .views import routed_view
 
@@ -291,6 +292,7 @@ def enforce(policy: str, identity: str | None = None) -> None:
         # The RateLimit headers describe the limit that refused the request.
         environ[STATE_KEY] = state
         events.report(events.rate_limited, policy=policy)
+        note_refused()  # not one of Gunicorn's max_requests
         raise TooManyRequests(
             f"Rate limit exceeded: {state.amount} per {state.window} seconds.",
             retry_after=state.reset,

@@ -14,6 +14,11 @@ a request takes a slot).
 now: a request over its client's share of slots gives its thread up at once
 when anyone else waits (backpressure.py).
 
+Gunicorn restarts a worker after ``max_requests`` requests, against slow
+leaks; a request refused at once (shed, or over a limit) leaks nothing, and a
+flood of them would restart a worker every few seconds. ``note_refused``
+marks one, and the worker leaves it out of its count.
+
 gunicorn.conf.py selects the worker. Under another server (``flask run``, the
 test client) there is no such wait to read: ``take_queue_wait`` says None and
 ``queued`` 0.
@@ -31,10 +36,10 @@ from gunicorn.workers.gthread import ThreadWorker
 
 _waits = threading.local()
 # Jobs submitted to and started by this process's pools (queued is the
-# difference). Each count has one writer at a time: the worker's main loop
-# submits, and the lock orders the pool threads' starts.
-_counts = {"submitted": 0, "started": 0}
-_started = threading.Lock()
+# difference), and requests refused at once. The worker's main loop alone
+# submits; the lock orders the pool threads' writes.
+_counts = {"submitted": 0, "started": 0, "refused": 0}
+_counting = threading.Lock()
 
 
 def queued() -> int:
@@ -57,9 +62,23 @@ def _run_timed(
     queued_at: float, job: Callable[..., Any], *args: Any, **kwargs: Any
 ) -> Any:
     _waits.seconds = time.monotonic() - queued_at
-    with _started:
+    with _counting:
         _counts["started"] += 1
     return job(*args, **kwargs)
+
+
+def note_refused() -> None:
+    """Leave the current request out of the worker's max_requests count."""
+    with _counting:
+        _counts["refused"] += 1
+
+
+def take_refused() -> int:
+    """Requests refused since the last call (the worker's to call)."""
+    with _counting:
+        refused = _counts["refused"]
+        _counts["refused"] = 0
+    return refused
 
 
 class TimedThreadPool(ThreadPoolExecutor):
@@ -78,3 +97,9 @@ class QueueTimedWorker(ThreadWorker):
     def get_thread_pool(self) -> ThreadPoolExecutor:
         # The override point gthread offers for its pool.
         return TimedThreadPool(max_workers=self.cfg.threads)
+
+    def handle_request(self, req: Any, conn: Any) -> Any:
+        # Gunicorn counts this request and compares with max_requests here:
+        # the requests refused so far are taken out of the count first.
+        self.nr -= take_refused()
+        return super().handle_request(req, conn)
