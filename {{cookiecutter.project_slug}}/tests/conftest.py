@@ -136,6 +136,7 @@ def signed_in(app: Flask, *others: Flask) -> list[FlaskClient]:
                         prefix=prefix,
                         secret_hash=users.secret_hash(account.api_key),
                         scopes=["read", "write"],
+                        user_uniquifier=user.fs_uniquifier,
                         expires_at=utcnow() + timedelta(days=1),
                     )
                 )

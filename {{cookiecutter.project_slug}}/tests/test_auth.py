@@ -22,8 +22,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from flask import Flask
 from flask.testing import FlaskClient, FlaskCliRunner
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
-from sqlalchemy import select
+from sqlalchemy import select, update
 
+from {{ cookiecutter.package_name }}.auth import api as auth_api
 from {{ cookiecutter.package_name }}.auth import attempts, passwords, users
 from {{ cookiecutter.package_name }}.auth.keys import (
     DEVELOPMENT_KEY_FILE,
@@ -38,6 +39,7 @@ from {{ cookiecutter.package_name }}.models import (
     User,
 )
 from {{ cookiecutter.package_name }}.models.base import utcnow
+from {{ cookiecutter.package_name }}.models.user import new_uniquifier
 
 from conftest import PASSWORD, AppFactory, add_account, outside_a_window_edge, problem
 
@@ -1277,6 +1279,163 @@ def test_deactivating_an_account_ends_its_keys_for_good(
         ),
         404,
     )
+
+
+NEW_PASSWORD = "a-new-pass-phrase-99"
+
+
+def changed_elsewhere(user_id: int, *, active: bool = True) -> None:
+    """What another worker's password change (or, with `active` False, an
+    admin's deactivation) commits, written past this session's objects, which
+    keep what the request in progress loaded (as in another process)."""
+    values: dict[str, Any] = {"fs_uniquifier": new_uniquifier(), "active": active}
+    if active:
+        values["password_hash"] = passwords.hash_password(NEW_PASSWORD)
+    db.session.execute(
+        update(User)
+        .where(User.id == user_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    for table in (ApiKey, TokenFamily):
+        db.session.execute(
+            update(table)
+            .where(table.user_id == user_id, table.revoked_at.is_(None))
+            .values(revoked_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+    db.session.commit()
+
+
+def race_key_creation(
+    monkeypatch: pytest.MonkeyPatch, user_id: int, moment: str, *, active: bool
+) -> None:
+    """Make the next key creation meet a change committed at `moment`: after it
+    authenticated ("checked": before the account is locked and checked), or
+    after that check, just before its row is written ("insert", as SQLite
+    allows: it locks no row)."""
+    module = users if moment == "insert" else auth_api
+    name = "secret_hash" if moment == "insert" else "confirm_sign_in"
+    original = getattr(module, name)
+    fired: list[bool] = []
+
+    def then_change(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if not fired:
+            fired.append(True)
+            changed_elsewhere(user_id, active=active)
+        return result
+
+    monkeypatch.setattr(module, name, then_change)
+
+
+@pytest.mark.parametrize("moment", ["checked", "insert"])
+def test_a_key_made_while_the_password_changes_never_works(
+    app: Flask, anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    account = add_account(app)
+    pair = tokens_of(anonymous)
+    race_key_creation(monkeypatch, account.id, moment, active=True)
+    created = create_key(anonymous, pair["access_token"], name="raced")
+    monkeypatch.undo()
+    if moment == "checked":
+        # The change is seen: nothing is made.
+        refused(created)
+        assert db.session.scalar(select(ApiKey).where(ApiKey.name == "raced")) is None
+    else:
+        # Written after the change committed: the key belongs to the old
+        # password's sign-in, and never works.
+        refused(
+            anonymous.get(f"{AUTH}/me", headers={"X-API-Key": body(created)["key"]})
+        )
+    assert sign_in(anonymous, password=NEW_PASSWORD).status_code == 200
+
+
+@pytest.mark.parametrize("moment", ["checked", "insert"])
+def test_a_key_made_while_the_account_is_disabled_stays_dead_when_enabled(
+    app: Flask, anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch, moment: str
+) -> None:
+    account = add_account(app)
+    admin = add_account(app, "admin@example.com", roles=("admin", "user"))
+    pair = tokens_of(anonymous)
+    admin_token = bearer(tokens_of(anonymous, admin.email)["access_token"])
+    race_key_creation(monkeypatch, account.id, moment, active=False)
+    created = create_key(anonymous, pair["access_token"], name="raced")
+    monkeypatch.undo()
+    on = anonymous.patch(
+        f"{AUTH}/users/{account.id}", json={"active": True}, headers=admin_token
+    )
+    assert body(on)["active"] is True
+    if moment == "checked":
+        refused(created)
+    else:
+        key = body(created)["key"]
+        refused(anonymous.get(f"{AUTH}/me", headers={"X-API-Key": key}))
+
+
+def test_a_sign_in_with_the_old_password_racing_a_change_gets_dead_tokens(
+    app: Flask, anonymous: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    account = add_account(app)
+    original = users.check_password
+
+    def then_change(email: str, password: str) -> User | None:
+        # The old password was right when checked; the change commits before
+        # the sign-in's family is written.
+        user = original(email, password)
+        changed_elsewhere(account.id)
+        return user
+
+    monkeypatch.setattr(users, "check_password", then_change)
+    raced = tokens_of(anonymous)
+    monkeypatch.undo()
+    refused(anonymous.get(f"{AUTH}/me", headers=bearer(raced["access_token"])))
+    refused(
+        anonymous.post(
+            f"{AUTH}/refresh", json={"refresh_token": raced["refresh_token"]}
+        )
+    )
+    assert sign_in(anonymous, password=NEW_PASSWORD).status_code == 200
+
+
+def test_a_family_of_a_replaced_uniquifier_is_refused(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    account = add_account(app)
+    pair = tokens_of(anonymous)
+    # A row written under an fs_uniquifier the account no longer has.
+    db.session.execute(
+        update(TokenFamily)
+        .where(TokenFamily.user_id == account.id)
+        .values(user_uniquifier="replaced")
+    )
+    db.session.commit()
+    refused(anonymous.get(f"{AUTH}/me", headers=bearer(pair["access_token"])))
+    refused(
+        anonymous.post(f"{AUTH}/refresh", json={"refresh_token": pair["refresh_token"]})
+    )
+
+
+def test_a_rehash_never_brings_back_a_password_changed_meanwhile(
+    make_app: AppFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shared = {"SQLALCHEMY_DATABASE_URI": f"sqlite:///{tmp_path / 'shared.db'}"}
+    account = add_account(make_app(tables=True, **shared))
+    stronger = make_app(PASSWORD_HASH_TIME_COST=2, **shared)
+    original = passwords.needs_rehash
+
+    def changed_first(stored: str) -> bool:
+        # The old password was right when checked; the change commits before
+        # the sign-in stores the rehashed old password.
+        changed_elsewhere(account.id)
+        return original(stored)
+
+    monkeypatch.setattr(passwords, "needs_rehash", changed_first)
+    client = stronger.test_client()
+    sign_in(client)
+    monkeypatch.undo()
+    assert sign_in(client, password=NEW_PASSWORD).status_code == 200
+    refused(sign_in(client), error=None)
 
 
 def test_keys_expire(app: Flask, anonymous: FlaskClient) -> None:

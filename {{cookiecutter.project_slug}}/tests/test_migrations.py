@@ -13,7 +13,7 @@ from flask_migrate import downgrade, upgrade
 from sqlalchemy import JSON, Boolean, column, insert, inspect, table
 
 from {{ cookiecutter.package_name }}.extensions import db
-from {{ cookiecutter.package_name }}.models import ApiKey, Item
+from {{ cookiecutter.package_name }}.models import ApiKey, Item, TokenFamily
 from {{ cookiecutter.package_name }}.models.base import UTCDateTime, utcnow
 
 
@@ -62,6 +62,14 @@ API_KEYS = table(
     column("scopes", JSON),
     column("created_at", UTCDateTime),
 )
+TOKEN_FAMILIES = table(
+    "token_families",
+    column("id"),
+    column("user_id"),
+    column("current_jti"),
+    column("created_at", UTCDateTime),
+    column("expires_at", UTCDateTime),
+)
 ITEMS = table(
     "items",
     column("id"),
@@ -101,6 +109,15 @@ def test_owners_and_expiry_come_to_existing_rows() -> None:
             )
         )
         connection.execute(
+            insert(TOKEN_FAMILIES).values(
+                id="f1",
+                user_id=1,
+                current_jti="j",
+                created_at=now,
+                expires_at=now + timedelta(days=1),
+            )
+        )
+        connection.execute(
             insert(ITEMS).values(
                 id=1, name="old", quantity=0, created_at=now, updated_at=now
             )
@@ -109,11 +126,18 @@ def test_owners_and_expiry_come_to_existing_rows() -> None:
     key = db.session.get_one(ApiKey, 1)
     # Keys made before expiry existed live 90 days from the upgrade.
     assert abs(key.expires_at - utcnow() - timedelta(days=90)) < timedelta(minutes=5)
+    # Keys and sign-ins made before belong to the account's current
+    # fs_uniquifier: they work until it changes.
+    assert key.user_uniquifier == "u1"
+    assert db.session.get_one(TokenFamily, "f1").user_uniquifier == "u1"
     # Items made before owners existed are left to admins.
     assert db.session.get_one(Item, 1).owner_id is None
     db.session.remove()
     downgrade(revision="0002")
-    assert "expires_at" not in {
+    assert not {"expires_at", "user_uniquifier"} & {
         found["name"] for found in inspect(db.engine).get_columns("api_keys")
+    }
+    assert "user_uniquifier" not in {
+        found["name"] for found in inspect(db.engine).get_columns("token_families")
     }
     downgrade(revision="base")

@@ -589,6 +589,7 @@ def family(user_id: int, name: str, **times: Any) -> TokenFamily:
     return TokenFamily(
         id=name,
         user_id=user_id,
+        user_uniquifier="u",
         current_jti="j",
         expires_at=times.get("expires_at", utcnow() + timedelta(days=1)),
         revoked_at=times.get("revoked_at"),

@@ -1,7 +1,9 @@
-"""Give items an owner and API keys an expiry.
+"""Give items an owner, API keys an expiry, and credentials their uniquifier.
 
 Existing items get no owner (only admins may change them); existing API keys
-expire 90 days after this migration runs.
+expire 90 days after this migration runs. API keys and token families record
+the account's fs_uniquifier they were made under (models/user.py); existing
+ones get the account's current one, so they keep working until it changes.
 
 Revision ID: 0003
 Revises: 0002
@@ -21,6 +23,8 @@ down_revision: str | Sequence[str] | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# The tables whose rows belong to the account's fs_uniquifier.
+CREDENTIALS = ("api_keys", "token_families")
 # What keys made before expiry existed are given (API_KEY_TTL_DAYS' default).
 EXISTING_KEYS_LIFETIME = timedelta(days=90)
 
@@ -48,9 +52,29 @@ def upgrade() -> None:
         batch.alter_column(
             "expires_at", existing_type=sa.DateTime(timezone=True), nullable=False
         )
+    users = sa.table("users", sa.column("id"), sa.column("fs_uniquifier"))
+    for name in CREDENTIALS:
+        op.add_column(
+            name, sa.Column("user_uniquifier", sa.String(length=64), nullable=True)
+        )
+        rows = sa.table(name, sa.column("user_id"), sa.column("user_uniquifier"))
+        op.execute(
+            rows.update().values(
+                user_uniquifier=sa.select(users.c.fs_uniquifier)
+                .where(users.c.id == rows.c.user_id)
+                .scalar_subquery()
+            )
+        )
+        with op.batch_alter_table(name) as batch:
+            batch.alter_column(
+                "user_uniquifier", existing_type=sa.String(length=64), nullable=False
+            )
 
 
 def downgrade() -> None:
+    for name in reversed(CREDENTIALS):
+        with op.batch_alter_table(name) as batch:
+            batch.drop_column("user_uniquifier")
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("expires_at")
     with op.batch_alter_table("items") as batch:

@@ -247,10 +247,16 @@ def create_api_key(json: ApiKeyCreate) -> tuple[ApiKeyCreated, int, dict[str, st
     confirm_sign_in(principal, json.password)
     try:
         key, plain = users.create_api_key(
-            principal.user, json.name, list(json.scopes), timedelta(days=days)
+            principal.user,
+            json.name,
+            list(json.scopes),
+            timedelta(days=days),
+            uniquifier=principal.uniquifier,
         )
     except users.TooManyKeys as refused:
         raise Conflict(str(refused)) from None
+    except users.StaleSignIn as stale:
+        raise Unauthenticated(str(stale), error="invalid_token") from None
     created = ApiKeyCreated.model_validate(
         {**ApiKeyOut.model_validate(key).model_dump(), "key": plain}
     )

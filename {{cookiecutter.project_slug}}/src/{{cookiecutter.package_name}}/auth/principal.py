@@ -49,10 +49,16 @@ View = Callable[P, ResponseReturnValue]
 @dataclass(frozen=True)
 class Principal:
     """A verified caller: the user, how they proved it, and what they may do;
-    for an access token, when its sign-in happened (if the token says)."""
+    for an access token, when its sign-in happened (if the token says).
+
+    `uniquifier` is the account's fs_uniquifier the credential was verified
+    against: what the caller makes (an API key) belongs to it, so that a
+    password change or a deactivation racing the request ends that too.
+    """
 
     user: User
     scopes: frozenset[str]
+    uniquifier: str
     api_key: ApiKey | None = None
     signed_in_at: datetime | None = None
 
@@ -158,14 +164,21 @@ def sessions_of(app: Flask) -> Sessions | None:
 
 def from_session(sessions: Sessions) -> Principal | None:
     user = sessions.user()
-    return None if user is None else Principal(user=user, scopes=frozenset(SCOPES))
+    if user is None:
+        return None
+    return Principal(user=user, scopes=frozenset(SCOPES), uniquifier=user.fs_uniquifier)
 
 
 def from_api_key(plain: str) -> Principal:
     key = users.check_api_key(plain)
     if key is None:
         raise Refused("The API key is not valid.")
-    return Principal(user=key.user, scopes=frozenset(key.scopes), api_key=key)
+    return Principal(
+        user=key.user,
+        scopes=frozenset(key.scopes),
+        uniquifier=key.user_uniquifier,
+        api_key=key,
+    )
 
 
 def from_bearer(header: str) -> Principal:
@@ -176,11 +189,15 @@ def from_bearer(header: str) -> Principal:
         claims = tokens.verify(token.strip(), "access")
     except tokens.InvalidToken as invalid:
         raise Refused(str(invalid)) from None
-    user = users.user_of_access_token(claims)
-    if user is None:
+    found = users.user_of_access_token(claims)
+    if found is None:
         raise Refused("The token is revoked or its account disabled.")
+    user, uniquifier = found
     return Principal(
-        user=user, scopes=frozenset(SCOPES), signed_in_at=tokens.signed_in_at(claims)
+        user=user,
+        scopes=frozenset(SCOPES),
+        uniquifier=uniquifier,
+        signed_in_at=tokens.signed_in_at(claims),
     )
 
 

@@ -71,6 +71,11 @@ class TooManyKeys(Exception):  # noqa: N818 - what the user has
     """The user has as many live API keys as API_KEYS_PER_USER allows."""
 
 
+class StaleSignIn(Exception):  # noqa: N818 - what the caller's sign-in is
+    """The account's password changed, or it was disabled, after the request
+    authenticated: what it would make would never work."""
+
+
 @dataclass(frozen=True)
 class TokenPair:
     access_token: str
@@ -174,14 +179,28 @@ def claim_for_provider(user: User) -> None:
 def check_password(email: str, password: str) -> User | None:
     """The active account `email` with `password`, else None, in the same time.
 
-    A hash made with older parameters is replaced by one with the current ones.
+    The user's ``fs_uniquifier`` is the one the password was checked against
+    (the session does not expire objects on commit): a sign-in that raced a
+    password change gets tokens of the old one, which never work.
+
+    A hash made with older parameters is replaced by one with the current ones,
+    unless the password changed meanwhile (the old one must not come back).
     """
     user = find_user(email)
     stored = user.password_hash if user is not None and user.active else None
     if not passwords.verify_password(stored, password) or user is None:
         return None
     if passwords.needs_rehash(user.password_hash):
-        user.password_hash = passwords.hash_password(password)
+        db.session.execute(
+            update(User)
+            .where(
+                User.id == user.id,
+                User.password_hash == user.password_hash,
+                User.fs_uniquifier == user.fs_uniquifier,
+            )
+            .values(password_hash=passwords.hash_password(password))
+            .execution_options(synchronize_session=False)
+        )
         db.session.commit()
     return user
 
@@ -230,11 +249,15 @@ def start_family(user: User) -> TokenFamily:
     """A new sign-in of `user`: what its tokens, or its session, belong to.
 
     It lasts JWT_REFRESH_TTL seconds (refreshing a token extends it) and ends
-    with a logout, a password change, or a reused refresh token.
+    with a logout, a password change, or a reused refresh token. It belongs to
+    ``user.fs_uniquifier`` as this request loaded it, when the password was
+    checked: if a password change or a deactivation has replaced it since,
+    the family is dead from the start, whenever its row is written.
     """
     family = TokenFamily(
         id=secrets.token_hex(16),
         user_id=user.id,
+        user_uniquifier=user.fs_uniquifier,
         current_jti=tokens.new_jti(),
         expires_at=utcnow() + timedelta(seconds=current_app.config["JWT_REFRESH_TTL"]),
     )
@@ -287,6 +310,10 @@ def refresh(token: str) -> TokenPair:
         .returning(TokenFamily.id)
     ).scalar_one_or_none()
     family = db.session.get(TokenFamily, claims["fid"])
+    if swapped is not None and family is not None and not current(family):
+        # A sign-in that raced a password change or a deactivation.
+        db.session.rollback()
+        raise InvalidToken("The refresh token is revoked or expired.")
     if swapped is None or family is None:
         if family is not None and family.revoked_at is None:
             family.revoked_at = now
@@ -303,6 +330,12 @@ def refresh(token: str) -> TokenPair:
         raise InvalidToken("The account of this token is disabled.")
     db.session.commit()
     return pair_for(user, family)
+
+
+def current(family: TokenFamily) -> bool:
+    """Whether `family` belongs to its account's fs_uniquifier as it is now."""
+    now = db.session.scalar(select(User.fs_uniquifier).where(User.id == family.user_id))
+    return now is not None and now == family.user_uniquifier
 
 
 def revoke_family(family_id: str) -> None:
@@ -334,27 +367,31 @@ def user_of_session(uniquifier: str, family_id: object) -> User | None:
             User.fs_uniquifier == uniquifier,
             User.active.is_(True),
             TokenFamily.id == family_id,
+            TokenFamily.user_uniquifier == User.fs_uniquifier,
             TokenFamily.revoked_at.is_(None),
             TokenFamily.expires_at > utcnow(),
         )
     ).scalar_one_or_none()
 
 
-def user_of_access_token(claims: dict[str, object]) -> User | None:
-    """The active user of verified access-token `claims`, if its family stands."""
+def user_of_access_token(claims: dict[str, object]) -> tuple[User, str] | None:
+    """The active user of verified access-token `claims`, if its family stands,
+    and the fs_uniquifier the family belongs to (the account's current one)."""
     subject = str(claims["sub"])
     if not subject.isdecimal() or len(subject) > 18:
         return None
-    return db.session.execute(
-        select(User)
+    found = db.session.execute(
+        select(User, TokenFamily.user_uniquifier)
         .join(TokenFamily, TokenFamily.user_id == User.id)
         .where(
             User.id == int(subject),
             User.active.is_(True),
             TokenFamily.id == claims["fid"],
             TokenFamily.revoked_at.is_(None),
+            TokenFamily.user_uniquifier == User.fs_uniquifier,
         )
-    ).scalar_one_or_none()
+    ).one_or_none()
+    return None if found is None else (found[0], found[1])
 
 
 def secret_hash(key: str) -> str:
@@ -362,8 +399,19 @@ def secret_hash(key: str) -> str:
 
 
 def live(now: datetime) -> ColumnElement[bool]:
-    """The condition of a key that works at `now`: not revoked, not expired."""
-    return ApiKey.revoked_at.is_(None) & (ApiKey.expires_at > now)
+    """The condition of a key that works at `now`: not revoked, not expired,
+    and made under its account's current fs_uniquifier."""
+    account = (
+        select(User.fs_uniquifier)
+        .where(User.id == ApiKey.user_id)
+        .correlate_except(User)
+        .scalar_subquery()
+    )
+    return (
+        ApiKey.revoked_at.is_(None)
+        & (ApiKey.expires_at > now)
+        & (ApiKey.user_uniquifier == account)
+    )
 
 
 def live_api_keys(user: User) -> list[ApiKey]:
@@ -378,10 +426,20 @@ def live_api_keys(user: User) -> list[ApiKey]:
 
 
 def create_api_key(
-    user: User, name: str, scopes: list[str], lifetime: timedelta | None = None
+    user: User,
+    name: str,
+    scopes: list[str],
+    lifetime: timedelta | None = None,
+    *,
+    uniquifier: str | None = None,
 ) -> tuple[ApiKey, str]:
     """A new key for `user` that expires after `lifetime` (API_KEY_TTL_DAYS
     when None); the plain key is returned here and never again.
+
+    The key belongs to `uniquifier`, the account's fs_uniquifier when the
+    request authenticated (its current one when None): StaleSignIn when it has
+    been replaced since; a key written after a racing change has replaced it
+    never works (models/user.py: ApiKey).
 
     TooManyKeys when the user has API_KEYS_PER_USER live keys already. The
     user's row is locked while counting (PostgreSQL; SQLite lets one writer
@@ -389,7 +447,16 @@ def create_api_key(
     """
     config = current_app.config
     now = utcnow()
-    db.session.execute(select(User.id).where(User.id == user.id).with_for_update())
+    account = db.session.scalar(
+        select(User.fs_uniquifier).where(User.id == user.id).with_for_update()
+    )
+    uniquifier = uniquifier or account
+    if account is None or uniquifier != account:
+        db.session.rollback()
+        raise StaleSignIn(
+            "The account's password changed, or it was disabled, since this "
+            "request's sign-in: sign in again."
+        )
     count = db.session.scalar(
         select(func.count()).where(ApiKey.user_id == user.id, live(now))
     )
@@ -407,6 +474,7 @@ def create_api_key(
         prefix=prefix,
         secret_hash=secret_hash(plain),
         scopes=sorted(set(scopes)),
+        user_uniquifier=uniquifier,
         created_at=now,
         expires_at=now + (lifetime or timedelta(days=config["API_KEY_TTL_DAYS"])),
     )

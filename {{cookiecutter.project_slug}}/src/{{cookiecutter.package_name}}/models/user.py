@@ -59,7 +59,10 @@ class ApiKey(Base):
     """A machine client's key: only its public prefix and a hash are kept.
 
     A key is live until it expires or is revoked (by its owner, an admin, a
-    password change or the account's deactivation).
+    password change or the account's deactivation). It also belongs to the
+    account's ``fs_uniquifier`` as it was when its request authenticated: a
+    password change, a deactivation or a provider's claim replaces that, so a
+    key made by a request that raced one of them never works.
     """
 
     __tablename__ = "api_keys"
@@ -74,6 +77,9 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     # A subset of SCOPES.
     scopes: Mapped[list[str]] = mapped_column(JSON)
+    # The account's fs_uniquifier when the key was made: it works only while
+    # that is still the account's.
+    user_uniquifier: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
@@ -90,7 +96,9 @@ class TokenFamily(Base):
 
     Only the newest refresh token of a family is valid (``current_jti``). A
     refresh token presented after its successor was issued has been copied:
-    the whole family is revoked, which also ends its access tokens.
+    the whole family is revoked, which also ends its access tokens. Like an
+    API key, a family belongs to the account's ``fs_uniquifier`` as it was
+    when the sign-in was checked, and ends when that is replaced.
     """
 
     __tablename__ = "token_families"
@@ -100,6 +108,8 @@ class TokenFamily(Base):
         ForeignKey("users.id", ondelete="CASCADE"), index=True
     )
     current_jti: Mapped[str] = mapped_column(String(32))
+    # The account's fs_uniquifier when the sign-in was checked.
+    user_uniquifier: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
