@@ -307,8 +307,15 @@ def test_the_proxy_answers_its_refusals_as_problems(
         assert too_large.getheader("Content-Type") == "application/problem+json"
         assert body["title"] == "Content Too Large"
         assert body["request_id"] == too_large.getheader("X-Request-ID")
-        # Refusals of the request line itself too (nginx has no URI for those).
-        for line, status in ((b"GET /" + b"x" * 9000, 414), (b"G\x00T /", 400)):
+        assert too_large.getheader("X-Content-Type-Options") == "nosniff"
+        # Refusals of the request line itself too (nginx has no URI for those),
+        # and what nginx answers itself: a TRACE, its own problem page.
+        for line, status in (
+            (b"GET /" + b"x" * 9000, 414),
+            (b"G\x00T /", 400),
+            (b"TRACE /", 405),
+            (b"GET /.problem", 404),
+        ):
             with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
                 raw.sendall(line + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 answer = http.client.HTTPResponse(raw)
