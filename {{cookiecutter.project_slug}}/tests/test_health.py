@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from {{ cookiecutter.package_name }}.health import add_check
 from {{ cookiecutter.package_name }}.health.checks import (
+    WARN_TIMEOUT,
     HealthCheckError,
     Recent,
     registry,
@@ -176,6 +177,32 @@ def test_a_check_that_hangs_fails_at_its_deadline(
     assert checks["stuck-optional"]["error"] == "timed out after 0.2 s"
     assert checks["stuck-optional"]["status"] == "warn"
     assert checks["database"]["status"] == "pass"
+
+
+def test_a_check_that_is_not_critical_cannot_slow_the_probe(
+    make_app: AppFactory,
+) -> None:
+    # A hung broker or Redis: the probe must not wait HEALTH_CHECK_TIMEOUT on
+    # what cannot fail it (an orchestrator's probe gives up after 1 s).
+    app = make_app(HEALTH_CHECK_TIMEOUT=30)
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(60)
+
+    add_check(app, "broker", stuck, critical=False)
+    try:
+        response = app.test_client().get("/health/ready")
+    finally:
+        release.set()
+    assert response.status_code == 200
+    assert response.json is not None
+    broker = response.json["checks"]["broker"]
+    assert (broker["status"], broker["error"]) == (
+        "warn",
+        f"timed out after {WARN_TIMEOUT:g} s",
+    )
+    assert response.json["checks"]["database"]["status"] == "pass"
 
 
 def test_checks_run_at_the_same_time(make_app: AppFactory) -> None:

@@ -12,7 +12,10 @@ checks (its database). Anything the service can do without for a while
 (Redis: the limits and the cache fall back to process memory; the broker: a
 sign-up succeeds without its welcome e-mail; the Celery workers) is
 registered with critical=False: its failure is reported as "warn" (and in the
-health_check_passing metric) and leaves the probe passing. A backend that
+health_check_passing metric) and leaves the probe passing. Nor may it slow
+the probe down: it gets at most WARN_TIMEOUT, so that a hung broker or Redis
+cannot make every probe outlast an orchestrator's timeout (Kubernetes' is 1 s
+by default) while the process serves. A backend that
 every replica shares would otherwise take them all out of rotation at once,
 turning a degradation into an outage. A check may return a line saying what
 it saw when it passes.
@@ -41,6 +44,8 @@ from ..resilience import redis_store
 # Returns None, or a line saying what it saw (the report's detail).
 Check = Callable[[], str | None]
 EXTENSION_KEY = "health_checks"
+# Seconds a non-critical check may take (at most HEALTH_CHECK_TIMEOUT).
+WARN_TIMEOUT = 0.5
 T = TypeVar("T")
 
 
@@ -228,7 +233,8 @@ class CheckRun:
 
 
 def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
-    """Run every check at once; each gets HEALTH_CHECK_TIMEOUT seconds at most."""
+    """Run every check at once; each gets HEALTH_CHECK_TIMEOUT seconds at most,
+    and WARN_TIMEOUT if it is not critical."""
     # The app itself, not the context-local proxy: the checks run in other threads.
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
     timeout: float = app.config["HEALTH_CHECK_TIMEOUT"]
@@ -237,10 +243,15 @@ def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
     # waits for them; with in-memory SQLite, the one they need.
     db.session.close()
     runs = [CheckRun(app, name, registered) for name, registered in checks.items()]
-    deadline = time.monotonic() + timeout
-    for run in runs:
+    started = time.monotonic()
+    allowed = {True: timeout, False: min(timeout, WARN_TIMEOUT)}
+    judged: dict[str, CheckReport] = {}
+    # The shorter waits first: a non-critical check is judged at its deadline.
+    for run in sorted(runs, key=lambda run: allowed[run.critical]):
+        deadline = started + allowed[run.critical]
         run.thread.join(max(0.0, deadline - time.monotonic()))
-    return {run.name: run.outcome(timeout) for run in runs}
+        judged[run.name] = run.outcome(allowed[run.critical])
+    return {run.name: judged[run.name] for run in runs}
 
 
 def elapsed_ms(started: float) -> float:
