@@ -762,6 +762,36 @@ def test_an_account_is_guarded_against_many_addresses_but_not_from_its_owner(
     problem(sign_in_from(owner, "198.51.100.10", PASSWORD), 429)
 
 
+def test_a_password_change_makes_every_known_device_a_stranger(
+    make_app: AppFactory,
+) -> None:
+    policies = {**app_policies(), "login-account": {"limit": "3 per hour"}}
+    outside_a_window_edge(3600, margin=5)  # the counts must not reset mid-test
+    app = make_app(RATE_LIMITS_ENABLED=True, RESILIENCE_POLICIES=policies, tables=True)
+    add_account(app)
+    # A client that signed in with the old password (the owner's, or a thief's).
+    old = app.test_client()
+    first = sign_in_from(old, "198.51.100.7", PASSWORD)
+    assert first.status_code == 200
+    owner = app.test_client()
+    changed = owner.post(
+        f"{AUTH}/password",
+        json={"current_password": PASSWORD, "new_password": NEW_PASSWORD},
+        headers=bearer(body(first)["access_token"]),
+        environ_base={"REMOTE_ADDR": "198.51.100.20"},
+    )
+    assert changed.status_code == 204
+    # Strangers spend the account's shared limit (the first sign-in took one).
+    stranger = app.test_client()
+    for number in range(2):
+        guess = sign_in_from(stranger, f"192.0.2.{number + 1}", "a wrong guess")
+        assert guess.status_code == 401
+    # The old cookie names the account as it was: its client is a stranger
+    # now, refused with the others, right password or not.
+    problem(sign_in_from(old, "198.51.100.8", NEW_PASSWORD), 429)
+    problem(sign_in_from(old, "198.51.100.9", PASSWORD), 429)
+
+
 class Backdated(TimestampSigner):
     """Signs as if it were a day more than a known device lives ago."""
 
@@ -783,7 +813,12 @@ def test_only_a_genuine_recent_cookie_of_the_account_makes_a_client_known(
         sign_in_from(client, "198.51.100.1", PASSWORD, "other@example.com")
     elif cookie == "expired":
         with app.app_context():
-            claims = {"device": "old", "account": attempts.account_tag(EMAIL)}
+            uniquifier = attempts.current_uniquifier(EMAIL)
+            assert uniquifier is not None
+            claims = {
+                "device": "old",
+                "account": attempts.account_tag(EMAIL, uniquifier),
+            }
             old = URLSafeTimedSerializer(
                 app.secret_key or "", salt=attempts.SALT, signer=Backdated
             ).dumps(claims)

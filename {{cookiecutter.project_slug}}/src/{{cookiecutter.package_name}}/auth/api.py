@@ -129,7 +129,7 @@ def create_token(json: Credentials) -> tuple[TokenResponse, int, dict[str, str]]
     user = users.check_password(json.email, json.password)
     if user is None:
         raise Unauthenticated(BAD_CREDENTIALS)
-    attempts.remember_device(json.email)
+    attempts.remember_device(user)
     return token_response(users.sign_in(user))
 
 

@@ -17,7 +17,10 @@ attempt counts against:
   cookie-keeping clients still sign in.
 
 The cookie proves nothing by itself: it is no credential, only which count
-an attempt goes to, and it still needs the password.
+an attempt goes to, and it still needs the password. It names the account as
+it was signed in to (its address and its ``fs_uniquifier``): a password change
+(or a deactivation) replaces the uniquifier, so every client that knew the old
+password is a stranger again.
 
 Sign-ups count the same way, but no device knows a mailbox that has no
 account yet. So an attempt counts against its client address
@@ -36,7 +39,10 @@ from typing import Any
 
 from flask import Response, after_this_request, current_app, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
+from sqlalchemy import select
 
+from ..extensions import db
+from ..models import User
 from ..resilience import client_address, enforce
 
 DEVICE_COOKIE = "known_device"
@@ -49,15 +55,23 @@ def serializer() -> URLSafeTimedSerializer:
     return URLSafeTimedSerializer(current_app.secret_key or "", salt=SALT)
 
 
-def account_tag(email: str) -> str:
-    """A keyed digest of the account's address: the cookie does not show it."""
+def account_tag(email: str, uniquifier: str) -> str:
+    """A keyed digest of the account's address and fs_uniquifier: the cookie
+    shows neither, and names the account only until its password changes."""
     key = str(current_app.secret_key or "").encode()
-    return hmac.new(key, email.encode(), hashlib.sha256).hexdigest()[:32]
+    named = f"{email}\0{uniquifier}".encode()
+    return hmac.new(key, named, hashlib.sha256).hexdigest()[:32]
 
 
-def known_device(email: str) -> str | None:
+def current_uniquifier(email: str) -> str | None:
+    """The fs_uniquifier of the account `email` (normalised) now, if any."""
+    return db.session.scalar(select(User.fs_uniquifier).where(User.email == email))
+
+
+def known_device(email: str, uniquifier: str | None = None) -> str | None:
     """The id of the device this request's cookie names, if it names `email`'s
-    account and is genuine and recent."""
+    account as it is now (`uniquifier`, else looked up) and is genuine and
+    recent."""
     cookie = request.cookies.get(DEVICE_COOKIE)
     if not cookie or not current_app.secret_key:
         return None
@@ -65,11 +79,10 @@ def known_device(email: str) -> str | None:
         claims: Any = serializer().loads(cookie, max_age=DEVICE_LIFETIME)
     except BadSignature:
         return None
-    if (
-        not isinstance(claims, dict)
-        or not isinstance(claims.get("device"), str)
-        or claims.get("account") != account_tag(email)
-    ):
+    if not isinstance(claims, dict) or not isinstance(claims.get("device"), str):
+        return None
+    uniquifier = uniquifier or current_uniquifier(email)
+    if uniquifier is None or claims.get("account") != account_tag(email, uniquifier):
         return None
     device: str = claims["device"]
     return device
@@ -93,13 +106,18 @@ def limit_sign_up(email: str) -> None:
     enforce("register-mailbox", identity=f"mailbox:{email}")
 
 
-def remember_device(email: str) -> None:
-    """After a successful sign-in to `email`: the answer (re)sets the cookie
-    that makes this client known to the account."""
+def remember_device(user: User) -> None:
+    """After a successful sign-in of `user`: the answer (re)sets the cookie that
+    makes this client known to the account, under the fs_uniquifier the
+    password was checked against (a sign-in racing a password change gets a
+    cookie the change already ended)."""
     if not current_app.secret_key:
         return
-    device = known_device(email) or secrets.token_urlsafe(16)
-    value = serializer().dumps({"device": device, "account": account_tag(email)})
+    uniquifier = user.fs_uniquifier
+    device = known_device(user.email, uniquifier) or secrets.token_urlsafe(16)
+    value = serializer().dumps(
+        {"device": device, "account": account_tag(user.email, uniquifier)}
+    )
 
     @after_this_request
     def set_cookie(response: Response) -> Response:

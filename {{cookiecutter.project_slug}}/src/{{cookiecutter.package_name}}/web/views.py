@@ -130,7 +130,7 @@ def register() -> ResponseReturnValue:
     except users.AccountError as refused:
         form[refused.field].errors = [str(refused)]
         return render_template("web/register.html", form=form), INVALID
-    attempts.remember_device(email)
+    attempts.remember_device(user)
     start_session(user)
     flash("Welcome! Your account is ready.", "success")
     return redirect(url_for(".profile"))
@@ -151,7 +151,7 @@ def login() -> ResponseReturnValue:
         return render_template(
             "web/login.html", form=form, next=target, failure=BAD_CREDENTIALS
         ), INVALID
-    attempts.remember_device(email)
+    attempts.remember_device(user)
     start_session(user)
     flash("You are signed in.", "success")
     return redirect(target or url_for(".profile"))
