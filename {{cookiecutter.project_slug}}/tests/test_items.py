@@ -263,6 +263,17 @@ def test_body_over_the_limit_is_a_413(app: Flask, client: FlaskClient) -> None:
         ({"name": "\u2800\u034f"}, "name", "string_pattern_mismatch"),
         ({"name": "\ufe0f\uffa0\u115f"}, "name", "string_pattern_mismatch"),
         ({"name": "x", "description": "a\u2066b"}, "description", None),
+        # Tags hide text in a plane of their own; noncharacters and line
+        # separators are not text to show (a description's lines end in \n).
+        ({"name": "Widget\U000e0041\U000e0042"}, "name", "value_error"),
+        ({"name": "\U000e0041"}, "name", "value_error"),
+        ({"name": "Widget\uffff"}, "name", "string_pattern_mismatch"),
+        ({"name": "Widget\ufdd0"}, "name", "string_pattern_mismatch"),
+        ({"name": "Widget\U0010ffff"}, "name", "value_error"),
+        ({"name": "one\u2028two"}, "name", "string_pattern_mismatch"),
+        ({"name": "x", "description": "one\u2028two"}, "description", None),
+        ({"name": "x", "description": "a\U000e0069b"}, "description", None),
+        ({"name": "x", "description": "a\U0001fffeb"}, "description", None),
         ({"name": "Widget", "colour": "red"}, "colour", "extra_forbidden"),
     ],
 )

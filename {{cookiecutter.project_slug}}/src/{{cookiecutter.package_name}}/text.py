@@ -25,6 +25,18 @@ NOT_PLAIN = (
     rf"{CONTROL}\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e"
     r"\u200b-\u200f\u2028\u2029\u2060-\u2064\u206a-\u206f\ufff9-\ufffb"
 )
+# Not in any text people read back (names and descriptions alike): CONTROL,
+# the line and paragraph separators (a line ends with "\n"), and the
+# noncharacters of the Basic Multilingual Plane (`readable` also refuses
+# those beyond it, and the tag characters, which hide text in a plane of
+# their own).
+UNREADABLE = rf"{CONTROL}\u2028\u2029\ufdd0-\ufdef\ufffe\uffff"
+# The embeddings, overrides and isolates, and the BOM (as in CONTROL).
+BIDI_CONTROLS = frozenset(
+    "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\ufeff"
+)
+# The tag characters (U+E0000 to U+E007F).
+TAGS = range(0xE0000, 0xE0080)
 # The Unicode categories a plain label may not hold: controls (Cc: C0, DEL,
 # C1 with NEL), format characters (Cf: directional marks, embeddings,
 # overrides and isolates, zero-width characters, the BOM, tags), and line
@@ -43,3 +55,30 @@ def plain(text: str) -> str:
                 "separator character, which may not appear here."
             )
     return text
+
+
+def readable(text: str, allowed: str = "") -> str:
+    """`text`, if it holds no character of UNREADABLE, tag or noncharacter in
+    any plane (control characters in `allowed` excepted); else a ValueError
+    naming the first one by its code point (a pydantic validator)."""
+    for character in text:
+        if character in allowed:
+            continue
+        code = ord(character)
+        if (
+            unicodedata.category(character) in {"Cc", "Zl", "Zp"}
+            or code in TAGS
+            or 0xFDD0 <= code <= 0xFDEF
+            or code & 0xFFFE == 0xFFFE
+            or character in BIDI_CONTROLS
+        ):
+            raise ValueError(
+                f"U+{code:04X} is a control, tag, separator or noncharacter, "
+                "which may not appear here."
+            )
+    return text
+
+
+def readable_lines(text: str) -> str:
+    """`readable`, with line breaks and tabs allowed (free text)."""
+    return readable(text, allowed="\t\n\r")

@@ -7,6 +7,7 @@ from typing import Annotated, Self
 
 from pydantic import (
     MISSING,
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -17,28 +18,29 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ..models.item import DESCRIPTION_MAX_LENGTH, NAME_MAX_LENGTH, QUANTITY_MAX
-from ..text import BLANK, CONTROL
+from ..text import BLANK, UNREADABLE, readable, readable_lines
 
-# At least one visible character and no control characters: every database can
-# store it and every terminal shows it as stored.
+# At least one visible character, and nothing unreadable (text.py): every
+# database can store it and every terminal shows it as stored. Joiners and
+# directional marks stay: scripts and emoji need them.
 Name = Annotated[
     str,
     StringConstraints(
         min_length=1,
         max_length=NAME_MAX_LENGTH,
-        pattern=rf"^[^{CONTROL}]*[^{CONTROL}{BLANK}][^{CONTROL}]*$",
+        pattern=rf"^[^{UNREADABLE}]*[^{UNREADABLE}{BLANK}][^{UNREADABLE}]*$",
     ),
+    AfterValidator(readable),
 ]
-# Free text: newlines, carriage returns and tabs are fine, other controls are not.
+# Free text: newlines, carriage returns and tabs are fine, the rest of
+# UNREADABLE is not.
+DESCRIPTION_UNREADABLE = UNREADABLE.replace(r"\x00-\x1f", r"\x00-\x08\x0b\x0c\x0e-\x1f")
 Description = Annotated[
     str,
     StringConstraints(
-        max_length=DESCRIPTION_MAX_LENGTH,
-        pattern=(
-            r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f"
-            r"\u202a-\u202e\u2066-\u2069\ufeff]*$"
-        ),
+        max_length=DESCRIPTION_MAX_LENGTH, pattern=rf"^[^{DESCRIPTION_UNREADABLE}]*$"
     ),
+    AfterValidator(readable_lines),
 ]
 
 
