@@ -659,6 +659,28 @@ def test_require_knows_its_scopes() -> None:
         require(scope="admin")
 
 
+def test_an_idempotent_replay_answers_only_who_may_make_the_request(
+    app: Flask, anonymous: FlaskClient
+) -> None:
+    reader = add_account(app, scopes=("read",))
+    token = bearer(tokens_of(anonymous)["access_token"])
+    once = {"Idempotency-Key": "K"}
+    first = anonymous.post(ITEMS, json={"name": "once"}, headers={**token, **once})
+    assert first.status_code == 201
+    # The same user's key that may only read, sending the same key and body,
+    # is refused as a fresh write from it is, and learns nothing of the answer.
+    again = anonymous.post(
+        ITEMS, json={"name": "once"}, headers={**reader.headers, **once}
+    )
+    assert "write scope" in problem(again, 403)["detail"]
+    assert "Idempotent-Replayed" not in again.headers
+    # The caller who made it still gets its answer again.
+    replayed = anonymous.post(ITEMS, json={"name": "once"}, headers={**token, **once})
+    assert replayed.status_code == 201
+    assert replayed.headers["Idempotent-Replayed"] == "true"
+    assert replayed.json == first.json
+
+
 # --- Limits -------------------------------------------------------------------
 
 

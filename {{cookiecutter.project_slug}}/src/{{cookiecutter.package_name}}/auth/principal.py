@@ -32,6 +32,7 @@ from werkzeug.exceptions import Forbidden, Unauthorized
 
 from ..models import ApiKey, User
 from ..models.user import SCOPES
+from ..resilience.protect import add_precondition
 from . import tokens, users
 
 API_KEY_HEADER = "X-API-Key"
@@ -235,16 +236,21 @@ def require(
     if scope is not None and scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}")
 
+    def check() -> None:
+        principal = authenticated()
+        if scope is not None and scope not in principal.scopes:
+            raise Forbidden(f"This needs the {scope} scope.")
+        if role is not None and not principal.user.has_role(role):
+            raise Forbidden(f"This needs the {role} role.")
+
     def decorate(view: View[P]) -> View[P]:
         @functools.wraps(view)
         def guarded(*args: P.args, **kwargs: P.kwargs) -> ResponseReturnValue:
-            principal = authenticated()
-            if scope is not None and scope not in principal.scopes:
-                raise Forbidden(f"This needs the {scope} scope.")
-            if role is not None and not principal.user.has_role(role):
-                raise Forbidden(f"This needs the {role} role.")
+            check()
             return view(*args, **kwargs)
 
+        # protected() runs it too, before replaying an idempotent answer.
+        add_precondition(guarded, check)
         return guarded
 
     return decorate

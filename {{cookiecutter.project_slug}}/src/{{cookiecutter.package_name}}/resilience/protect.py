@@ -28,6 +28,10 @@ from .breakers import breakers_of
 from .limits import DEFAULT_POLICY, POLICY_ATTRIBUTE
 
 EXTENSION_KEY = "resilience_policies"
+# The checks a view's guards declare (auth's require(): a verified caller, its
+# scope, its role), run before an idempotency key is looked up, so that a
+# stored answer is replayed only to a caller the view itself would let in.
+PRECONDITIONS_ATTRIBUTE = "resilience_preconditions"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 P = ParamSpec("P")
 View = Callable[P, ResponseReturnValue]
@@ -78,12 +82,27 @@ def policy(name: str) -> Policy:
     return found
 
 
+def preconditions(view: Callable[..., Any]) -> tuple[Callable[[], None], ...]:
+    """The checks `view` declared with add_precondition (through its wrappers)."""
+    found: tuple[Callable[[], None], ...] = getattr(view, PRECONDITIONS_ATTRIBUTE, ())
+    return found
+
+
+def add_precondition(view: Callable[..., Any], check: Callable[[], None]) -> None:
+    """Declare that `view` answers only requests that pass `check` (which raises
+    an HTTP error otherwise): protected() runs it before replaying an answer."""
+    setattr(view, PRECONDITIONS_ATTRIBUTE, (*preconditions(view), check))
+
+
 def protected(name: str) -> Callable[[View[P]], View[P]]:
     """Apply policy `name`: its limit, then its breaker, then idempotency.
 
     The limit is counted before the request reaches the view (limits.py counts
     every request against its view's policy), so replays and refusals count
-    too; the view is left out of the default limit (it has its own).
+    too; the view is left out of the default limit (it has its own). A request
+    with an idempotency key must pass the view's preconditions (require()'s
+    scope and role) before a stored answer is looked up: checks made inside the
+    view's body do not guard a replay.
     """
 
     def decorate(view: View[P]) -> View[P]:
@@ -95,6 +114,8 @@ def protected(name: str) -> Callable[[View[P]], View[P]]:
             if chosen.idempotency and request.method in UNSAFE_METHODS:
                 key = request.headers.get(idempotency.HEADER)
                 if key is not None:
+                    for check in preconditions(view):
+                        check()
                     return run_once(key, lambda: view(*args, **kwargs))
             return view(*args, **kwargs)
 
