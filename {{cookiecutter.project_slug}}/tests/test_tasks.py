@@ -386,6 +386,36 @@ def test_the_welcome_task_is_idempotent(mail_app: Flask) -> None:
     assert len(outbox(mail_app)) == 1
 
 
+@pytest.mark.parametrize(
+    "argument",
+    [2.5, 1.0, True, False, "abc", "2", 10**30, 2**31, 0, -1, None, [2], {"id": 2}],
+    ids=repr,
+)
+def test_the_welcome_task_refuses_what_is_no_user_id_for_good(
+    mail_app: Flask, caplog: pytest.LogCaptureFixture, argument: object
+) -> None:
+    for number in (1, 2):
+        account = add_account(mail_app, f"user{number}@example.com")
+        forget_welcome(mail_app, account.id)
+    sent = len(outbox(mail_app))
+    caplog.clear()
+    send = task(mail_app, accounts.send_welcome_email.name)
+    result = send.delay(argument)
+    assert result.get() is False
+    assert result.state == "SUCCESS"  # not retried, not failed
+    # 2.5 is not user 2 and True is not user 1: nobody is mailed, nothing marked.
+    assert len(outbox(mail_app)) == sent
+    assert not accounts.already_sent(1)
+    assert not accounts.already_sent(2)
+    refusals = [
+        record for record in caplog.records if record.name == accounts.logger.name
+    ]
+    assert [record.getMessage() for record in refusals] == [
+        f"welcome e-mail not sent: {repr(argument)[:64]} is not a user id"
+    ]
+    assert refusals[0].exc_info is None
+
+
 @pytest.fixture
 def redis_mail_app(
     make_app: AppFactory, redis_target: RedisTarget, tmp_path: Path

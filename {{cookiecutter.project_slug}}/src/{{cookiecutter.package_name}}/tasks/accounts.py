@@ -18,6 +18,10 @@ from ..resilience import redis_store
 from . import mail
 
 logger = logging.getLogger(__name__)
+# The ids a user can have: a users.id is a 32-bit INTEGER on every supported
+# database. A task's arguments come from its message, which anyone who can
+# write to the broker can send: anything else is refused before any query.
+USER_IDS = range(1, 2**31)
 # Seconds a "welcome sent" mark is kept: far longer than any redelivery.
 SENT_MARK_TTL = 30 * 24 * 60 * 60
 # Where an app keeps its marks when there is no Redis to share them in.
@@ -40,6 +44,14 @@ the password you chose.
 If you did not sign up, you can ignore this message: nobody can use the
 account without that password.
 """
+
+
+def user_id_of(value: object) -> int | None:
+    """`value` if it is a user id: an int (not a bool, not a float such as
+    2.5, not a string) in USER_IDS; else None."""
+    if type(value) is not int or value not in USER_IDS:
+        return None
+    return value
 
 
 def sent_key(user_id: int) -> str:
@@ -89,7 +101,17 @@ def send_welcome_email(self: Task[Any, Any], user_id: int) -> bool:
     a message already sent and does nothing. A second copy goes out only when
     the first was delivered but not confirmed: the worker died between sending
     and marking, or the server took the message and then did not answer.
+
+    An argument that is no user id (user_id_of) is refused for good: one
+    warning, no retry, no mail, no mark.
     """
+    checked = user_id_of(user_id)
+    if checked is None:
+        logger.warning(
+            "welcome e-mail not sent: %s is not a user id", repr(user_id)[:64]
+        )
+        return False
+    user_id = checked
     try:
         return welcome(user_id)
     except mail.PermanentMailError as error:
