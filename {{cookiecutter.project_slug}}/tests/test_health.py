@@ -205,6 +205,24 @@ def test_a_check_that_is_not_critical_cannot_slow_the_probe(
     assert response.json["checks"]["database"]["status"] == "pass"
 
 
+def test_a_check_may_have_a_deadline_of_its_own(make_app: AppFactory) -> None:
+    app = make_app(HEALTH_CHECK_TIMEOUT=30)
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(60)
+
+    add_check(app, "queue", stuck, timeout=0.3)
+    try:
+        response = app.test_client().get("/health/ready")
+    finally:
+        release.set()
+    assert response.status_code == 503
+    assert response.json is not None
+    queue = response.json["checks"]["queue"]
+    assert (queue["status"], queue["error"]) == ("fail", "timed out after 0.3 s")
+
+
 def test_checks_run_at_the_same_time(make_app: AppFactory) -> None:
     # Each check waits for the other: run one after the other, both would fail.
     app = make_app(HEALTH_CHECK_TIMEOUT=5)

@@ -45,7 +45,7 @@ from ..resilience import redis_store
 Check = Callable[[], str | None]
 EXTENSION_KEY = "health_checks"
 # Seconds a non-critical check may take (at most HEALTH_CHECK_TIMEOUT).
-WARN_TIMEOUT = 0.5
+WARN_TIMEOUT = 0.8
 T = TypeVar("T")
 
 
@@ -55,10 +55,12 @@ class HealthCheckError(Exception):
 
 @dataclass(frozen=True)
 class RegisteredCheck:
-    """A check, and whether its failure makes the process unready."""
+    """A check, whether its failure makes the process unready, and the
+    seconds it may take if not the default (see run_checks)."""
 
     check: Check
     critical: bool = True
+    timeout: float | None = None
 
 
 @dataclass
@@ -123,23 +125,27 @@ def registry(app: Flask) -> CheckRegistry:
     return found
 
 
-def add_check(
+def add_check(  # noqa: PLR0913 - the three options are keywords
     app: Flask,
     name: str,
     check: Check,
     *,
     startup: bool = False,
     critical: bool = True,
+    timeout: float | None = None,
 ) -> None:
     """Register a readiness check (or, with startup=True, a startup check).
 
     critical=True (the default) only for what the process cannot serve
     without: see the module's docstring. With critical=False, its failure is
-    a warning that leaves the probe passing.
+    a warning that leaves the probe passing, and the check gets WARN_TIMEOUT
+    unless `timeout` says otherwise: only a check that remembers its
+    failures, so that it is slow at most once in a while (the workers' pings),
+    should ask for more. Every check gets HEALTH_CHECK_TIMEOUT at most.
     """
     found = registry(app)
     checks = found.startup if startup else found.ready
-    checks[name] = RegisteredCheck(check, critical)
+    checks[name] = RegisteredCheck(check, critical, timeout)
     # A new check counts from the next probe on.
     found.results.clear()
 
@@ -192,6 +198,7 @@ class CheckRun:
         self.name = name
         self.check = registered.check
         self.critical = registered.critical
+        self.timeout = registered.timeout
         self.report: CheckReport | None = None
         self.started = time.perf_counter()
         # A daemon: a check stuck past its deadline must not keep the process up.
@@ -222,6 +229,13 @@ class CheckRun:
             error=reason,
         )
 
+    def allowed(self, timeout: float) -> float:
+        """Seconds this check may take, HEALTH_CHECK_TIMEOUT being `timeout`."""
+        own = self.timeout
+        if own is None:
+            own = timeout if self.critical else WARN_TIMEOUT
+        return min(own, timeout)
+
     def outcome(self, timeout: float) -> CheckReport:
         """The check's report, or a failure if it has not finished in time."""
         if self.report is not None:
@@ -234,7 +248,7 @@ class CheckRun:
 
 def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
     """Run every check at once; each gets HEALTH_CHECK_TIMEOUT seconds at most,
-    and WARN_TIMEOUT if it is not critical."""
+    and WARN_TIMEOUT if it is not critical, unless it asked for another."""
     # The app itself, not the context-local proxy: the checks run in other threads.
     app: Flask = current_app._get_current_object()  # type: ignore[attr-defined]  # noqa: SLF001
     timeout: float = app.config["HEALTH_CHECK_TIMEOUT"]
@@ -244,13 +258,12 @@ def run_checks(checks: dict[str, RegisteredCheck]) -> dict[str, CheckReport]:
     db.session.close()
     runs = [CheckRun(app, name, registered) for name, registered in checks.items()]
     started = time.monotonic()
-    allowed = {True: timeout, False: min(timeout, WARN_TIMEOUT)}
     judged: dict[str, CheckReport] = {}
-    # The shorter waits first: a non-critical check is judged at its deadline.
-    for run in sorted(runs, key=lambda run: allowed[run.critical]):
-        deadline = started + allowed[run.critical]
-        run.thread.join(max(0.0, deadline - time.monotonic()))
-        judged[run.name] = run.outcome(allowed[run.critical])
+    # The shorter waits first: each check is judged at its own deadline.
+    for run in sorted(runs, key=lambda run: run.allowed(timeout)):
+        allowed = run.allowed(timeout)
+        run.thread.join(max(0.0, started + allowed - time.monotonic()))
+        judged[run.name] = run.outcome(allowed)
     return {run.name: judged[run.name] for run in runs}
 
 

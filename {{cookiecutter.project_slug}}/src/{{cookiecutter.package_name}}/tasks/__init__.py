@@ -203,8 +203,12 @@ def init_app(app: Flask) -> Celery:
         # replica out of rotation (health/checks.py).
         add_check(app, "broker", lambda: check_broker(app), critical=False)
         # Tasks wait in the broker while no worker runs: a warning, not a 503.
-        pings = WorkerPings(celery_app, app.config["HEALTH_CHECK_TIMEOUT"] / 2)
-        add_check(app, "workers", pings, critical=False)
+        # Its whole HEALTH_CHECK_TIMEOUT: a ping over Redis takes a second at
+        # least when no worker answers, and one without an answer is not
+        # sent again for SILENCE_FOR seconds (workers.py).
+        timeout = app.config["HEALTH_CHECK_TIMEOUT"]
+        pings = WorkerPings(celery_app, timeout / 2)
+        add_check(app, "workers", pings, critical=False, timeout=timeout)
     app.cli.add_command(tasks_cli)
     return celery_app
 
