@@ -17,8 +17,10 @@ connections kept alive (clients or load balancers that reuse them). A gthread
 worker serves only the connections it accepted, so with kept-alive connections
 its share of the load is fixed when they open.
 
-Every model admits as many requests as it has threads (MAX_IN_FLIGHT), so none
-is shed and the figures are throughput, not a mix of answers and refusals.
+Every model admits as many requests as it has threads (MAX_IN_FLIGHT), all of
+them to wrk's one client address (MAX_IN_FLIGHT_PER_CLIENT), so none is shed
+or refused as that client's excess, and the figures are throughput, not a mix
+of answers and refusals.
 Several workers need REDIS_URL (gunicorn.conf.py refuses to start them
 without), so they share the Redis of --redis-url, under a prefix of this run's
 own that is removed after.
@@ -69,6 +71,7 @@ class Model:
             "WEB_CONCURRENCY": str(self.processes),
             "GUNICORN_THREADS": str(self.threads),
             "MAX_IN_FLIGHT": str(self.threads),
+            "MAX_IN_FLIGHT_PER_CLIENT": str(self.threads),
         }
 
     def ceiling(self, wait: float) -> float:
