@@ -232,7 +232,11 @@ def measure(server: Server, plan: Plan) -> Figures:
 
 def report(env: dict[str, str], workdir: Path, plan: Plan) -> None:
     """Every figure of the module docstring, with `env` from run.base_env."""
-    env = env | {
+    # The default share of slots per client: each client has its own address.
+    env = {
+        name: value for name, value in env.items() if name != "MAX_IN_FLIGHT_PER_CLIENT"
+    }
+    env |= {
         "DATABASE_URL": f"sqlite:///{workdir / 'backpressure.db'}",
         # Behind one proxy, which says who each client is.
         "TRUSTED_PROXIES": "1",

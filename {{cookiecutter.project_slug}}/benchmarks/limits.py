@@ -218,6 +218,8 @@ def report(
         "POLICY_LIMIT_READ": f"{LIMIT} per day",
         "GUNICORN_THREADS": "16",
         "MAX_IN_FLIGHT": "16",
+        # Its clients share one address: every slot is theirs.
+        "MAX_IN_FLIGHT_PER_CLIENT": "16",
     }
     for workers in worker_counts:
         run = exact | {"REDIS_KEY_PREFIX": f"bench-{secrets.token_hex(6)}"}

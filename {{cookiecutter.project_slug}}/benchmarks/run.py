@@ -170,6 +170,7 @@ def base_env(workdir: Path, threads: int) -> dict[str, str]:
         not in {
             "REDIS_URL",
             "MAX_IN_FLIGHT",
+            "MAX_IN_FLIGHT_PER_CLIENT",
             "WEB_CONCURRENCY",
             # The defaults are measured: JSON lines at INFO, metrics on, each
             # server counting in a directory of its own (gunicorn.conf.py).
@@ -194,6 +195,9 @@ def base_env(workdir: Path, threads: int) -> dict[str, str]:
         FLASK_SKIP_DOTENV="1",
         WEB_CONCURRENCY="1",
         GUNICORN_THREADS=str(threads),
+        # wrk is one client address: it may hold every slot (MAX_IN_FLIGHT's
+        # default), so none of its requests is refused as its own excess.
+        MAX_IN_FLIGHT_PER_CLIENT=str(max(1, threads - 1)),
         RATELIMIT_DEFAULT=UNREACHED_LIMIT,
         POLICY_LIMIT_READ=UNREACHED_LIMIT,
     )

@@ -256,7 +256,9 @@ def test_the_proxy_caps_the_requests_in_progress_per_address(
 ) -> None:
     with nginx(gunicorn.port, tmp_path) as port, contextlib.ExitStack() as open_:
         # Bodies still arriving: each is a request in progress at the proxy.
-        for _ in range(IN_PROGRESS_PER_ADDRESS):
+        # A few more than the cap, so that it is reached even if the proxy
+        # drops one of them on a loaded machine (the excess get 429 at once).
+        for _ in range(IN_PROGRESS_PER_ADDRESS + 8):
             slow = open_.enter_context(
                 socket.create_connection(("127.0.0.1", port), timeout=10)
             )
@@ -276,7 +278,9 @@ def test_the_proxy_caps_the_requests_in_progress_per_address(
             if answer.status == 429:
                 break
             assert answer.status == 200, body
-            assert time.monotonic() < deadline, "the proxy never refused"
+            assert time.monotonic() < deadline, (tmp_path / "nginx.log").read_text()[
+                -4000:
+            ]
             time.sleep(0.05)
         problem = json.loads(body)
         assert answer.getheader("Retry-After") == "1"
