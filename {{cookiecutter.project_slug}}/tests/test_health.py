@@ -6,10 +6,12 @@ import ipaddress
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
 
 from {{ cookiecutter.package_name }}.health import add_check
 from {{ cookiecutter.package_name }}.health.checks import (
@@ -154,21 +156,27 @@ def test_startup_fails_without_a_migrations_directory(
     )
 
 
+def ready_with_hung_checks(app: Flask, **checks: dict[str, Any]) -> TestResponse:
+    """/health/ready with a check that never ends for each name in `checks`
+    (the keywords add_check takes with it); the checks end afterwards."""
+    release = threading.Event()
+
+    def stuck() -> None:
+        release.wait(60)
+
+    for name, options in checks.items():
+        add_check(app, name.replace("_", "-"), stuck, **options)
+    try:
+        return app.test_client().get("/health/ready")
+    finally:
+        release.set()
+
+
 def test_a_check_that_hangs_fails_at_its_deadline(
     make_app: AppFactory,
 ) -> None:
     app = make_app(HEALTH_CHECK_TIMEOUT=0.2)
-    release = threading.Event()
-
-    def stuck() -> None:
-        release.wait(10)
-
-    add_check(app, "stuck", stuck)
-    add_check(app, "stuck-optional", stuck, critical=False)
-    try:
-        response = app.test_client().get("/health/ready")
-    finally:
-        release.set()
+    response = ready_with_hung_checks(app, stuck={}, stuck_optional={"critical": False})
     assert response.status_code == 503
     assert response.json is not None
     checks = response.json["checks"]
@@ -185,16 +193,7 @@ def test_a_check_that_is_not_critical_cannot_slow_the_probe(
     # A hung broker or Redis: the probe must not wait HEALTH_CHECK_TIMEOUT on
     # what cannot fail it (an orchestrator's probe gives up after 1 s).
     app = make_app(HEALTH_CHECK_TIMEOUT=30)
-    release = threading.Event()
-
-    def stuck() -> None:
-        release.wait(60)
-
-    add_check(app, "broker", stuck, critical=False)
-    try:
-        response = app.test_client().get("/health/ready")
-    finally:
-        release.set()
+    response = ready_with_hung_checks(app, broker={"critical": False})
     assert response.status_code == 200
     assert response.json is not None
     broker = response.json["checks"]["broker"]
@@ -207,16 +206,7 @@ def test_a_check_that_is_not_critical_cannot_slow_the_probe(
 
 def test_a_check_may_have_a_deadline_of_its_own(make_app: AppFactory) -> None:
     app = make_app(HEALTH_CHECK_TIMEOUT=30)
-    release = threading.Event()
-
-    def stuck() -> None:
-        release.wait(60)
-
-    add_check(app, "queue", stuck, timeout=0.3)
-    try:
-        response = app.test_client().get("/health/ready")
-    finally:
-        release.set()
+    response = ready_with_hung_checks(app, queue={"timeout": 0.3})
     assert response.status_code == 503
     assert response.json is not None
     queue = response.json["checks"]["queue"]
